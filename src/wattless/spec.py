@@ -1,0 +1,96 @@
+"""Load a model from a spec: a built-in name, ``path/to/file.py:factory`` or ``package.module:factory``.
+
+The factory takes no arguments and returns the module, or a pair (module, example inputs).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from wattless.errors import InputError, SpecError
+
+__all__ = ["load_factory", "load_model", "parse_shape", "example_from_shape"]
+
+
+def _import_file(path: Path) -> Any:
+    name = f"wattless_user_{abs(hash(path.resolve()))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise SpecError(f"cannot import {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_factory(spec: str, builtins: dict[str, tuple[Any, str]] | None = None, what: str = "model") -> Any:
+    """The callable a spec names; built-in names are looked up in ``builtins``."""
+    if builtins and spec in builtins:
+        return builtins[spec][0]
+    if ":" not in spec:
+        known = ", ".join(builtins or {})
+        raise SpecError(
+            f"unknown {what} {spec!r}: give a built-in name ({known}), path/to/file.py:factory or "
+            "package.module:factory"
+        )
+    where, _, attr = spec.rpartition(":")
+    try:
+        if where.endswith(".py") or "/" in where or Path(where).is_file():
+            path = Path(where)
+            if not path.is_file():
+                raise SpecError(f"cannot load {what} spec {spec!r}: file {where} does not exist")
+            module = _import_file(path)
+        else:
+            module = importlib.import_module(where)
+    except SpecError:
+        raise
+    except Exception as exc:
+        raise SpecError(f"cannot import {where!r} from spec {spec!r}: {type(exc).__name__}: {exc}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise SpecError(f"spec {spec!r}: {where} has no callable named {attr!r}")
+    return factory
+
+
+def load_model(spec: str) -> tuple[nn.Module, Any | None]:
+    """Call the spec's factory: (module, example inputs or None)."""
+    from wattless.models import BUILTIN_MODELS
+
+    factory = load_factory(spec, BUILTIN_MODELS)
+    try:
+        made = factory()
+    except SpecError:
+        raise
+    except Exception as exc:
+        raise SpecError(f"the factory of {spec!r} failed: {type(exc).__name__}: {exc}") from None
+    inputs = None
+    if isinstance(made, tuple) and len(made) == 2:
+        made, inputs = made
+    if not isinstance(made, nn.Module):
+        raise SpecError(
+            f"the factory of {spec!r} returned {type(made).__name__}; it must return a torch.nn.Module "
+            "or a pair (module, example inputs)"
+        )
+    return made, inputs
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """'1,3,224,224' -> (1, 3, 224, 224)."""
+    try:
+        shape = tuple(int(x) for x in text.replace("x", ",").split(",") if x.strip())
+    except ValueError:
+        shape = ()
+    if not shape or any(d <= 0 for d in shape):
+        raise InputError(f"input shape {text!r} is not a comma-separated list of positive integers, e.g. 1,3,224,224")
+    return shape
+
+
+def example_from_shape(shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0))

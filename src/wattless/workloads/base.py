@@ -1,0 +1,171 @@
+"""What a workload is: data splits, a baseline architecture, and the metric that judges a model on a split.
+
+Classification workloads (tensors in, class logits out) share the helpers at the bottom of this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from wattless.errors import WorkloadError
+
+__all__ = [
+    "Split",
+    "Workload",
+    "iter_batches",
+    "eval_mode",
+    "model_device",
+    "model_float_dtype",
+    "seeded_builder",
+    "cycled_examples",
+    "classification_evaluate",
+]
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: inputs (a tensor (N, ...) or a list of N strings) and labels (N,) or None."""
+
+    inputs: Any
+    targets: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def take(self, index: torch.Tensor | slice) -> "Split":
+        """The rows at `index`, for tensor inputs and list-of-string inputs alike."""
+        if isinstance(self.inputs, list):
+            rows = range(len(self.inputs))[index] if isinstance(index, slice) else index.tolist()
+            inputs: Any = [self.inputs[i] for i in rows]
+        else:
+            inputs = self.inputs[index]
+        return Split(inputs, None if self.targets is None else self.targets[index])
+
+
+@dataclass
+class Workload:
+    """Data, a baseline model and a metric, ready for techniques to act on and for energy profiling.
+
+    `prepare_inputs` turns a slice of a split's inputs into what the model's forward takes (identity for
+    tensors, the tokenizer for text), so one training loop serves every workload.
+    """
+
+    name: str
+    metric_name: str
+    build_model: Callable[[], nn.Module]
+    train: Split
+    val: Split
+    test: Split
+    example_input: Callable[[int], Any]
+    evaluate: Callable[[nn.Module, Split], dict[str, float]]
+    needs_training: bool
+    default_epochs: int
+    batch_size: int
+    default_lr: float = 1e-3
+    prepare_inputs: Callable[[Any], Any] = field(default=lambda inputs: inputs)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.metric_name:
+            raise WorkloadError(f"workload {self.name!r} has an empty metric_name: name the metric evaluate returns")
+        if self.batch_size < 1 or self.default_epochs < 0:
+            raise WorkloadError(
+                f"workload {self.name!r} has batch_size={self.batch_size}, default_epochs={self.default_epochs}: "
+                "batch_size must be >= 1 and default_epochs >= 0"
+            )
+        for split_name in ("train", "val", "test"):
+            _check_split(self.name, split_name, getattr(self, split_name))
+
+
+def _check_split(workload: str, split_name: str, split: Split) -> None:
+    if not isinstance(split, Split):
+        raise WorkloadError(
+            f"workload {workload!r}: {split_name} is a {type(split).__name__}, expected "
+            "wattless.workloads.Split(inputs, targets)"
+        )
+    if split.targets is not None and len(split.targets) != len(split.inputs):
+        raise WorkloadError(
+            f"workload {workload!r}: {split_name} has {len(split.inputs)} inputs but {len(split.targets)} "
+            "targets: give one target per input, or targets=None"
+        )
+
+
+def iter_batches(split: Split, batch_size: int, *, shuffle_seed: int | None = None) -> Iterator[Split]:
+    """Consecutive batches of `split`, in order or shuffled by a seeded permutation."""
+    n = len(split)
+    if shuffle_seed is None:
+        order = torch.arange(n)
+    else:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed))
+    for start in range(0, n, batch_size):
+        yield split.take(order[start : start + batch_size])
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode inside the block; each submodule's own mode comes back after (a frozen BN stays frozen)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's first parameter or buffer lives; CPU for a model with neither."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def model_float_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter (fp32 if none), so inputs can match a
+    half-precision model."""
+    for param in model.parameters():
+        if param.is_floating_point():
+            return param.dtype
+    return torch.float32
+
+
+def seeded_builder(build: Callable[[], nn.Module], seed: int) -> Callable[[], nn.Module]:
+    """`build`, with its initial weights fixed by `seed` and the caller's global RNG left untouched."""
+
+    def build_model() -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build()
+
+    return build_model
+
+
+def cycled_examples(inputs: torch.Tensor) -> Callable[[int], torch.Tensor]:
+    """example_input for tensor workloads: the first n rows of `inputs`, wrapping round when n > N."""
+
+    def example_input(n: int) -> torch.Tensor:
+        return inputs[torch.arange(n) % len(inputs)].clone()
+
+    return example_input
+
+
+def classification_evaluate(batch_size: int) -> Callable[[nn.Module, Split], dict[str, float]]:
+    """evaluate for classifiers: accuracy (fraction 0..1) of argmax logits against the split's labels."""
+
+    def evaluate(model: nn.Module, split: Split) -> dict[str, float]:
+        if split.targets is None:
+            raise WorkloadError("accuracy needs labels, but this split has targets=None: evaluate a labelled split")
+        device, dtype, correct = model_device(model), model_float_dtype(model), 0
+        with eval_mode(model), torch.no_grad():
+            for batch in iter_batches(split, batch_size):
+                logits = model(batch.inputs.to(device, dtype))  # (B, classes)
+                correct += int((logits.argmax(-1).cpu() == batch.targets).sum())
+        return {"accuracy": correct / len(split)}
+
+    return evaluate
