@@ -55,19 +55,43 @@ def _hf() -> Any:
     return transformers
 
 
+def _build(tf: Any, cls: Any, config: Any) -> nn.Module:
+    """Build without transformers' slow per-module init, then draw weights once, seeded (init std 0.02,
+    norms at 1, biases at 0: the BERT/GPT-2 initialiser). Counting needs real, non-zero weights."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4.x
+        from transformers.modeling_utils import no_init_weights
+    with no_init_weights():
+        model = cls(config)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.02, generator=gen)
+            else:
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+        for name, b in model.named_buffers():
+            if name.endswith("running_var"):
+                b.fill_(1.0)
+            elif name.endswith("running_mean"):
+                b.zero_()
+    return model
+
+
 def resnet50() -> tuple[nn.Module, torch.Tensor]:
     tf = _hf()
     config = tf.ResNetConfig(
         depths=[3, 4, 6, 3], hidden_sizes=[256, 512, 1024, 2048], embedding_size=64, layer_type="bottleneck",
         num_labels=1000,
     )
-    return tf.ResNetForImageClassification(config), torch.randn(1, 3, 224, 224)
+    return _build(tf, tf.ResNetForImageClassification, config), torch.randn(1, 3, 224, 224)
 
 
 def mobilenet_v2() -> tuple[nn.Module, torch.Tensor]:
     tf = _hf()
     config = tf.MobileNetV2Config(depth_multiplier=1.0, image_size=224, num_labels=1001)
-    return tf.MobileNetV2ForImageClassification(config), torch.randn(1, 3, 224, 224)
+    return _build(tf, tf.MobileNetV2ForImageClassification, config), torch.randn(1, 3, 224, 224)
 
 
 def _tokens(vocab: int, seq: int) -> dict[str, torch.Tensor]:
@@ -78,13 +102,13 @@ def _tokens(vocab: int, seq: int) -> dict[str, torch.Tensor]:
 def bert_base() -> tuple[nn.Module, dict[str, torch.Tensor]]:
     tf = _hf()
     config = tf.BertConfig()  # bert-base-uncased: 12 layers, hidden 768, 12 heads, FFN 3072
-    return tf.BertModel(config, add_pooling_layer=True), _tokens(config.vocab_size, 128)
+    return _build(tf, tf.BertModel, config), _tokens(config.vocab_size, 128)
 
 
 def gpt2() -> tuple[nn.Module, dict[str, torch.Tensor]]:
     tf = _hf()
     config = tf.GPT2Config()  # GPT-2 small: 12 layers, hidden 768
-    return tf.GPT2LMHeadModel(config), _tokens(config.vocab_size, 128)
+    return _build(tf, tf.GPT2LMHeadModel, config), _tokens(config.vocab_size, 128)
 
 
 def tiny_mlp() -> tuple[nn.Module, torch.Tensor]:

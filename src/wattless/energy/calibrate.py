@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import tomli_w
-from scipy.optimize import nnls
 
 from wattless.energy.count import Counts
 from wattless.energy.estimate import PJ, sample_features
@@ -36,6 +35,7 @@ class CalibrationPoint:
 class CalibrationResult:
     target: Target
     fitted: dict[str, float]  # coefficient path -> fitted value
+    stderr: dict[str, float]  # standard error of each fitted value (from the residuals)
     base: dict[str, float]  # the same coefficients before fitting
     rel_errors: dict[str, float]  # measurement name -> (estimate - measured) / measured after fitting
     rms_rel_error: float
@@ -44,7 +44,7 @@ class CalibrationResult:
 
     def summary(self) -> dict:
         return {
-            "target": self.target.name, "fitted": self.fitted, "base": self.base,
+            "target": self.target.name, "fitted": self.fitted, "stderr": self.stderr, "base": self.base,
             "rel_errors": self.rel_errors, "rms_rel_error": self.rms_rel_error,
             "max_abs_rel_error": self.max_abs_rel_error, "base_rms_rel_error": self.base_rms_rel_error,
         }
@@ -109,8 +109,12 @@ def calibrate(
             "measure more models that differ in precision, size and memory traffic, or fit fewer "
             "coefficients (fit=[...] / --fit)"
         )
+    from scipy.optimize import nnls  # imported here: scipy costs a second at startup
+
     w = 1.0 / y
-    solution, _ = nnls(X * w[:, None], (y - fixed) * w)
+    A = X * w[:, None]
+    solution, _ = nnls(A, (y - fixed) * w)
+    stderr = _stderr(A, (y - fixed) * w, solution)
     fitted = dict(zip(cols, map(float, solution)))
     when = _dt.date.today().isoformat()
     cite = (f"wattless calibrate, {when}: non-negative least squares over {len(points)} measured windows on "
@@ -120,11 +124,19 @@ def calibrate(
     rel = (est - y) / y
     base_rel = (X @ np.array([coeffs[k] for k in cols]) + fixed - y) / y
     return CalibrationResult(
-        target=target, fitted=fitted, base={k: coeffs[k] for k in cols},
+        target=target, fitted=fitted, stderr=dict(zip(cols, stderr)), base={k: coeffs[k] for k in cols},
         rel_errors={p.name: float(r) for p, r in zip(points, rel)},
         rms_rel_error=float(np.sqrt(np.mean(rel**2))), max_abs_rel_error=float(np.max(np.abs(rel))),
         base_rms_rel_error=float(np.sqrt(np.mean(base_rel**2))),
     )
+
+
+def _stderr(A: np.ndarray, b: np.ndarray, x: np.ndarray) -> list[float]:
+    """Standard errors of a least-squares fit: sqrt(diag(s^2 (A'A)^-1)), s^2 the residual variance."""
+    dof = max(A.shape[0] - A.shape[1], 1)
+    s2 = float(np.sum((A @ x - b) ** 2)) / dof
+    cov = s2 * np.linalg.pinv(A.T @ A)
+    return [float(np.sqrt(max(v, 0.0))) for v in np.diag(cov)]
 
 
 def write_target(target: Target, path: str | Path) -> Path:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from wattless.energy.count import run_model
+from wattless.energy.count import run_model, split_inputs
 from wattless.errors import MeasurementUnavailable
 
 __all__ = ["Meter", "ZeusMeter", "Measurement", "measure", "default_meter"]
@@ -86,7 +86,7 @@ class Measurement:
     energy_j_max: float
     spread: float  # (max - min) / median over windows
     per_window_energy_j: tuple[float, ...]
-    inferences_per_window: int
+    inferences_per_window: int  # median over windows
     window_s: float  # median window length
     latency_s: float  # median wall time per inference inside the windows
     kind: str = "measured"
@@ -127,7 +127,7 @@ def measure(
         raise ValueError("windows must be >= 1 and min_window_s > 0")
     first = next(iter(model.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
-    batch = _batch_size(inputs)
+    batch = len(split_inputs(inputs))
     model.eval()
     with torch.inference_mode():
         for _ in range(warmup):
@@ -136,28 +136,24 @@ def measure(
         start = time.perf_counter()
         run_model(model, inputs)
         _sync(device)
-        one = max(time.perf_counter() - start, 1e-6)
-        repeats = max(1, int(min_window_s / one) + 1)
-        energies, lengths = [], []
+        chunk = max(1, int(0.1 * min_window_s / max(time.perf_counter() - start, 1e-6)))
+        energies, lengths, counts = [], [], []
         for _ in range(windows):
             meter.begin()
-            t0 = time.perf_counter()
-            for _ in range(repeats):
-                run_model(model, inputs)
-            _sync(device)
+            t0, n = time.perf_counter(), 0
+            while time.perf_counter() - t0 < min_window_s:  # chunks keep clock reads off a GPU's queue
+                for _ in range(chunk):
+                    run_model(model, inputs)
+                _sync(device)
+                n += chunk
             lengths.append(time.perf_counter() - t0)
             joules = sum(meter.end().values())
-            energies.append(joules / (repeats * batch))
+            energies.append(joules / (n * batch))
+            counts.append(n * batch)
     med = statistics.median(energies)
     return Measurement(
         devices=tuple(meter.devices), energy_j=med, energy_j_min=min(energies), energy_j_max=max(energies),
         spread=(max(energies) - min(energies)) / med if med else 0.0, per_window_energy_j=tuple(energies),
-        inferences_per_window=repeats * batch, window_s=statistics.median(lengths),
-        latency_s=statistics.median(lengths) / (repeats * batch),
+        inferences_per_window=int(statistics.median(counts)), window_s=statistics.median(lengths),
+        latency_s=statistics.median(l / c for l, c in zip(lengths, counts)),
     )
-
-
-def _batch_size(inputs: Any) -> int:
-    from wattless.energy.count import split_inputs
-
-    return len(split_inputs(inputs))

@@ -1,0 +1,209 @@
+"""The command line: one verb per job. Each verb parses, calls the Python API, prints."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from wattless.errors import WattlessError
+
+app = typer.Typer(
+    name="wattless",
+    help="Make neural networks structurally stingy and prove it in joules.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def _si(value: float, unit: str) -> str:
+    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"
+
+
+def _joules(value: float) -> str:
+    for factor, prefix in ((1, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}J"
+    return f"{value / 1e-12:.3g} pJ"
+
+
+def _seconds(value: float) -> str:
+    for factor, prefix in ((1, ""), (1e-3, "m"), (1e-6, "µ")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}s"
+    return f"{value / 1e-9:.3g} ns"
+
+
+def _profile_table(result, target_name: str, top: int) -> Table:
+    est = result.estimates[target_name]
+    records = {r["name"]: r for r in result.counts.mean_records()}
+    table = Table(
+        title=f"{target_name}: joules per inference, [bold]estimated[/] (not measured)",
+        caption=f"{len(est.units)} units; {min(top, len(est.units))} biggest shown",
+        show_footer=True,
+    )
+    total_macs = sum(r["macs"] for r in records.values())
+    table.add_column("unit", footer="total")
+    table.add_column("type")
+    table.add_column("MACs", justify="right", footer=_si(total_macs, ""))
+    table.add_column("effective", justify="right", footer=_si(sum(u.effective_macs for u in est.units), ""))
+    table.add_column("w/a precision")
+    table.add_column("weights", justify="right", footer=_si(sum(r["weight_bytes"] for r in records.values()), "B"))
+    table.add_column("energy", justify="right", footer=_joules(est.energy_j))
+    table.add_column("share", justify="right", footer="100%")
+    table.add_column("latency", justify="right", footer=_seconds(est.latency_s))
+    for unit in est.units[:top]:
+        rec = records[unit.name]
+        table.add_row(
+            unit.name, unit.type, _si(unit.macs, ""), _si(unit.effective_macs, ""),
+            f"{rec['weight_precision']}/{rec['act_precision']}", _si(rec["weight_bytes"], "B"),
+            _joules(unit.energy_j), f"{100 * unit.energy_j / est.energy_j:.1f}%" if est.energy_j else "-",
+            _seconds(unit.latency_s),
+        )
+    return table
+
+
+@app.command()
+def profile(
+    spec: Annotated[str, typer.Argument(help="built-in model name, path/to/file.py:factory or package.module:factory")],
+    input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="e.g. 1,3,224,224 (random input)")] = None,
+    target: Annotated[Optional[list[str]], typer.Option("--target", "-t", help="target name or .toml file; repeat")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    weight_precision: Annotated[Optional[str], typer.Option(help="assume every weight runs at this precision, e.g. int8")] = None,
+    act_precision: Annotated[Optional[str], typer.Option(help="assume every activation runs at this precision")] = None,
+    measure: Annotated[bool, typer.Option("--measure", help="also measure joules with this machine's counter")] = False,
+    top: Annotated[int, typer.Option(help="units shown per table")] = 20,
+) -> None:
+    """Count a model's work and estimate joules per inference on hardware targets."""
+    from wattless.energy import profile as run_profile, resolve_target, set_precision
+    from wattless.spec import example_from_shape, load_model, parse_shape
+
+    targets = [resolve_target(t) for t in target] if target else None
+    shape = parse_shape(input_shape) if input_shape else None
+    model, inputs = load_model(spec)
+    if shape is not None:
+        inputs = example_from_shape(shape)
+    if inputs is None:
+        _fail(f"{spec!r} gives no example inputs: pass --input-shape, e.g. --input-shape 1,3,224,224")
+    if weight_precision or act_precision:
+        try:
+            set_precision(model, weight_precision, act_precision)
+        except ValueError as exc:
+            _fail(str(exc))
+    result = run_profile(model, inputs, targets, measure_energy=measure)
+    if as_json:
+        out = {"model": spec, **result.to_json()}
+        sys.stdout.write(json.dumps(out) + "\n")
+        return
+    for name in result.estimates:
+        console.print(_profile_table(result, name, top))
+    if result.measurement:
+        m = result.measurement
+        console.print(
+            f"[bold]measured[/] on {', '.join(m.devices)}: {_joules(m.energy_j)} per inference "
+            f"(median of {len(m.per_window_energy_j)} windows of {m.window_s:.2f} s, spread {100 * m.spread:.1f}%)"
+        )
+    elif measure:
+        console.print(f"[yellow]not measured:[/] {result.measurement_note}")
+
+
+@app.command()
+def targets(
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    sources: Annotated[bool, typer.Option("--sources/--no-sources", help="list each target's sources")] = True,
+) -> None:
+    """List the built-in hardware targets with their sources."""
+    from wattless.energy import builtin_targets
+
+    found = builtin_targets()
+    if as_json:
+        sys.stdout.write(json.dumps({n: t.to_toml_dict() for n, t in found.items()}) + "\n")
+        return
+    for name, t in found.items():
+        console.print(f"[bold]{name}[/] ({t.kind}): {t.description}", highlight=False)
+        if sources:
+            for s in t.sources:
+                console.print(f"   [dim]{s.key}:[/] {s.cite}  [dim]covers {', '.join(s.covers)}[/]", highlight=False)
+
+
+@app.command()
+def models() -> None:
+    """List the built-in models that `wattless profile` accepts by name."""
+    from wattless.models import BUILTIN_MODELS
+
+    for name, (_, text) in BUILTIN_MODELS.items():
+        console.print(f"[bold]{name}[/]: {text}", highlight=False)
+
+
+@app.command()
+def calibrate(
+    measurements: Annotated[Path, typer.Argument(help="JSON list of {spec, input_shape?, measured_j, weight_precision?, act_precision?}")],
+    target: Annotated[str, typer.Option("--target", "-t", help="base target (name or file)")],
+    out: Annotated[Path, typer.Option("--out", help="where to write the fitted target file")],
+    fit: Annotated[Optional[list[str]], typer.Option("--fit", help="coefficient to fit, e.g. mac_pj.fp32; repeat")] = None,
+    name: Annotated[Optional[str], typer.Option(help="name of the fitted target")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Fit a target's coefficients to measured joules per inference of several models."""
+    from wattless.energy import CalibrationPoint, calibrate as run_calibrate, count, resolve_target, set_precision, write_target
+    from wattless.spec import example_from_shape, load_model, parse_shape
+
+    base = resolve_target(target)
+    try:
+        rows = json.loads(measurements.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        _fail(f"cannot read measurements {measurements}: {exc}")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "spec" in r and "measured_j" in r for r in rows):
+        _fail(f"{measurements}: expected a JSON list of objects with at least `spec` and `measured_j`")
+    points = []
+    for row in rows:
+        model, inputs = load_model(row["spec"])
+        if row.get("input_shape"):
+            inputs = example_from_shape(parse_shape(str(row["input_shape"])))
+        if inputs is None:
+            _fail(f"{row['spec']!r} gives no example inputs: add `input_shape` to its record")
+        set_precision(model, row.get("weight_precision"), row.get("act_precision"))
+        points.append(CalibrationPoint(row.get("name", row["spec"]), count(model, inputs), float(row["measured_j"])))
+    if out.exists() and out.resolve() == Path(target).resolve():
+        _fail(f"--out {out} is the base target file; write the fitted target elsewhere")
+    result = run_calibrate(points, base, fit=fit, name=name)
+    write_target(result.target, out)
+    if as_json:
+        sys.stdout.write(json.dumps({**result.summary(), "out": str(out)}) + "\n")
+        return
+    table = Table(title=f"calibrated {base.name} -> {result.target.name}")
+    for col in ("coefficient", "base", "fitted"):
+        table.add_column(col)
+    for k, v in result.fitted.items():
+        table.add_row(k, f"{result.base[k]:.4g}", f"{v:.4g}")
+    console.print(table)
+    console.print(f"fit error: RMS {100 * result.rms_rel_error:.1f}% (base target: {100 * result.base_rms_rel_error:.1f}%), "
+                  f"worst {100 * result.max_abs_rel_error:.1f}%; written to {out}")
+
+
+def main() -> None:
+    try:
+        app()
+    except WattlessError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
