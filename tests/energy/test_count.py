@@ -127,7 +127,7 @@ def test_precision_is_read_from_module_attributes_and_dtypes():
     model[0].wattless_act_precision = "int8"
     recs = by_name(count(model, torch.randn(1, 8)))
     assert (recs["0"]["weight_precision"], recs["0"]["act_precision"]) == ("int4", "int8")
-    assert recs["0"]["weight_bytes"] == 64 * 0.5
+    assert recs["0"]["weight_bytes"] == 64 * 0.5 + 8 * 4  # int4 weights, int32 biases
     assert recs["1"]["weight_precision"] == "fp32"
     half = nn.Linear(8, 8).to(torch.bfloat16)
     assert by_name(count(half, torch.randn(1, 8, dtype=torch.bfloat16)))["(root)"]["weight_precision"] == "bf16"

@@ -91,6 +91,7 @@ def test_unknown_target_name_lists_the_known_ones():
 def test_unlisted_precisions_use_the_cheapest_wide_enough_entry():
     toy = load_target(TOY)  # lists fp32, fp16, int8, int4
     assert toy.mac_key(parse_precision("int2")) == "int4"
-    assert toy.mac_key(parse_precision("int16")) == "fp32" or toy.mac_key(parse_precision("int16")) == "fp16"
-    assert toy.mac_key(parse_precision("bf16")) == "fp32"  # int units cannot run floats
+    assert toy.mac_key(parse_precision("int16")) == "fp16"
+    assert toy.mac_key(parse_precision("bf16")) == "fp16"  # a float as wide; int units cannot run floats
+    assert toy.mac_key(parse_precision("fp8")) == "fp16"
     assert toy.mac_key(parse_precision("int8")) == "int8"

@@ -42,6 +42,7 @@ class OpCount:
     ops: float = 0.0  # non-MAC element operations
     weight_bytes: float = 0.0  # weight bytes read, dense storage at the weight precision
     weight_nz_bytes: float = 0.0  # the same for the non-zero weights only
+    bias_bytes: float = 0.0
     act_read_bytes: float = 0.0
     act_write_bytes: float = 0.0
     events: float = 0.0  # non-zero input activations x fan-out (synaptic events)
@@ -98,7 +99,7 @@ class UnitCount:
             "weight_precision": dominant.weight_precision,
             "act_precision": dominant.act_precision,
             "ops": self._sum("ops"),
-            "weight_bytes": self._sum("weight_bytes"),
+            "weight_bytes": self._sum("weight_bytes") + self._sum("bias_bytes"),
             "act_read_bytes": self._sum("act_read_bytes"),
             "act_write_bytes": self._sum("act_write_bytes"),
             "events": self._sum("events"),
@@ -197,6 +198,17 @@ def _dense_numel(t: torch.Tensor) -> int:
     return n
 
 
+def _density(t: torch.Tensor) -> float:
+    """Fraction of non-zero elements. Counting on a strided view is slow, so count on its storage order."""
+    if t.numel() == 0:
+        return 1.0
+    if not t.is_contiguous():
+        order = sorted(range(t.dim()), key=lambda d: t.stride(d), reverse=True)
+        permuted = t.permute(order)
+        t = permuted if permuted.is_contiguous() else t.contiguous()
+    return float(torch.count_nonzero(t)) / t.numel()
+
+
 def _is_2_4(rows: torch.Tensor) -> bool:
     """rows: (R, K) with the reduction axis last; True if each group of 4 along K has <= 2 non-zeros."""
     if rows.shape[-1] % 4:
@@ -254,8 +266,7 @@ class _Tracer(TorchDispatchMode):
         hit = self._wcache.get(key)
         if hit is not None:
             return hit
-        numel = w.numel()
-        density = float(torch.count_nonzero(w)) / numel if numel else 1.0
+        density = _density(w)
         pattern = "dense"
         if density < 1.0:
             pattern = "unstructured"
@@ -301,9 +312,14 @@ class _Tracer(TorchDispatchMode):
         wp, ap = self._precisions(other if is_w else None, act)
         if not is_w:
             wp = ap
-        a_density = float(torch.count_nonzero(act)) / act.numel() if act.numel() else 1.0
+        a_density = _density(act)
         stats = self._weight_stats(other, conv) if is_w else _WeightStats(1.0, "dense")
         a_bytes = parse_precision(ap).bits / 8
+        bias = args[0] if packet in (aten.addmm, aten.baddbmm) else args[2] if conv else None
+        b_bits = dtype_precision(bias.dtype).bits if isinstance(bias, torch.Tensor) else 0
+        if b_bits and not parse_precision(wp).is_float:
+            b_bits = 32  # integer kernels keep int32 biases
+        b_bytes = _dense_numel(bias) * b_bits / 8 if b_bits else 0.0
         w_bytes = _dense_numel(other) * parse_precision(wp).bits / 8
         self._add(OpCount(
             macs=macs, macs_nz_weight=macs * stats.density, macs_nz_act=macs * a_density,
@@ -312,6 +328,7 @@ class _Tracer(TorchDispatchMode):
             ops=float(out.numel()) if packet in (aten.addmm, aten.baddbmm) or (conv and args[2] is not None)
             else 0.0,
             weight_bytes=w_bytes if is_w else 0.0, weight_nz_bytes=w_bytes * stats.density if is_w else 0.0,
+            bias_bytes=b_bytes,
             act_read_bytes=a_bytes * (act.numel() + (0 if is_w else _dense_numel(other))),
             act_write_bytes=a_bytes * out.numel(),
             events=macs * a_density * stats.density, outputs=float(out.numel()),
@@ -323,7 +340,7 @@ class _Tracer(TorchDispatchMode):
         lead = q.shape[:-2].numel()
         macs = float(lead * q.shape[-2] * k.shape[-2] * (q.shape[-1] + v.shape[-1]))
         _, ap = self._precisions(None, q)
-        density = float(torch.count_nonzero(q)) / q.numel() if q.numel() else 1.0
+        density = _density(q)
         a_bytes = parse_precision(ap).bits / 8
         o = out[0] if isinstance(out, (tuple, list)) else out
         scores = float(lead * q.shape[-2] * k.shape[-2])

@@ -88,7 +88,7 @@ def _weight_bytes(op: OpCount, target: Target) -> float:
     """Weight bytes read: dense storage, or the target's sparse format where that is smaller."""
     sp = target.sparsity
     if op.weight_bytes == 0:
-        return 0.0
+        return op.bias_bytes
     bits = parse_precision(op.weight_precision).bits
     best = op.weight_bytes
     if "unstructured" in sp.weight_patterns:
@@ -97,7 +97,7 @@ def _weight_bytes(op: OpCount, target: Target) -> float:
     if "2:4" in sp.weight_patterns and op.weight_pattern == "2:4":
         nnz = op.weight_bytes * 8 / bits / 2
         best = min(best, op.weight_bytes / 2 + nnz * sp.sparse_index_bits / 8)
-    return best
+    return best + op.bias_bytes
 
 
 def _spill(need: float, capacity: float) -> float:
