@@ -155,3 +155,27 @@ def test_tracing_leaves_the_model_as_it_was():
     count(model, torch.randn(2, 4))
     assert model.training
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_structurally_removed_channels_cost_nothing_on_any_target():
+    from wattless.energy import builtin_targets, estimate
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    x = torch.randn(1, 16)
+    dense = {n: estimate(count(model, x), t).energy_j for n, t in builtin_targets().items()}
+    with torch.no_grad():
+        model[0].weight[16:] = 0  # half the hidden neurons: producer rows...
+        model[0].bias[16:] = 0
+        model[2].weight[:, 16:] = 0  # ...and consumer columns
+    recs = by_name(count(model, x))
+    assert recs["0"]["kept_macs"] == pytest.approx(0.5 * recs["0"]["macs"])
+    assert recs["2"]["kept_macs"] == pytest.approx(0.5 * recs["2"]["macs"])
+    for name, target in builtin_targets().items():
+        assert estimate(count(model, x), target).energy_j < dense[name], name
+
+
+def test_transformer_encoder_fast_path_is_counted():
+    layer = nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32, batch_first=True).eval()
+    macs = total_macs(layer, torch.randn(1, 5, 16))
+    assert macs == 5 * (4 * 16 * 16 + 2 * 16 * 32) + 2 * 5 * 5 * 16

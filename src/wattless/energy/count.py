@@ -33,6 +33,7 @@ class OpCount:
     """The work of one op (or of several merged ops of one unit with the same precisions and pattern)."""
 
     macs: float = 0.0
+    macs_kept: float = 0.0  # MACs left once all-zero weight rows and columns (structured pruning) are removed
     macs_nz_weight: float = 0.0  # MACs whose weight is non-zero
     macs_nz_act: float = 0.0  # MACs whose input activation is non-zero
     macs_nz_both: float = 0.0
@@ -40,7 +41,7 @@ class OpCount:
     weight_precision: str = "fp32"
     act_precision: str = "fp32"
     ops: float = 0.0  # non-MAC element operations
-    weight_bytes: float = 0.0  # weight bytes read, dense storage at the weight precision
+    weight_bytes: float = 0.0  # weight bytes read, dense storage of the kept rows/columns at the weight precision
     weight_nz_bytes: float = 0.0  # the same for the non-zero weights only
     bias_bytes: float = 0.0
     act_read_bytes: float = 0.0
@@ -92,6 +93,7 @@ class UnitCount:
             "calls": self.calls,
             "params": self.params,
             "macs": macs,
+            "kept_macs": self._sum("macs_kept"),
             "effective_macs": self.effective_macs,
             "weight_density": self._sum("macs_nz_weight") / macs if macs else 1.0,
             "act_density": self._sum("macs_nz_act") / macs if macs else 1.0,
@@ -219,8 +221,26 @@ def _is_2_4(rows: torch.Tensor) -> bool:
 
 @dataclass(frozen=True)
 class _WeightStats:
-    density: float
+    density: float  # non-zero weights / all weights
     pattern: str
+    kept: float = 1.0  # fraction of the weight block left after removing all-zero rows and columns
+    kept_cols: torch.Tensor | None = None  # bool (K,): input features that any output still uses
+
+
+def _structure(w: torch.Tensor, conv: bool) -> tuple[float, torch.Tensor | None]:
+    """Rows (outputs) and columns (inputs) whose weights are all zero are work a deployment removes.
+
+    Matrix weights arrive as (K, N) = (in, out); conv weights as (O, I/g, kh, kw).
+    """
+    nz = w != 0
+    if conv:
+        rows = nz.flatten(1).any(1)  # (O,)
+        cols = nz.transpose(0, 1).flatten(1).any(1)  # (I/g,)
+    else:
+        nz = nz.reshape(-1, *nz.shape[-2:]).any(0)  # (K, N), batched weights folded
+        rows, cols = nz.any(0), nz.any(1)
+    kept = float(rows.float().mean() * cols.float().mean())
+    return kept, (cols if not bool(cols.all()) else None)
 
 
 class _Tracer(TorchDispatchMode):
@@ -267,16 +287,27 @@ class _Tracer(TorchDispatchMode):
         if hit is not None:
             return hit
         density = _density(w)
-        pattern = "dense"
+        pattern, kept, cols = "dense", 1.0, None
         if density < 1.0:
             pattern = "unstructured"
+            kept, cols = _structure(w, conv)
             if density <= 0.5:
                 rows = w.permute(0, 2, 3, 1).reshape(-1, w.shape[1]) if conv and w.dim() == 4 else (
                     w.reshape(w.shape[0], -1) if conv else w.transpose(-2, -1).reshape(-1, w.shape[-2]))
                 if _is_2_4(rows):
                     pattern = "2:4"
-        stats = self._wcache[key] = _WeightStats(density, pattern)
+        stats = self._wcache[key] = _WeightStats(density, pattern, kept, cols)
         return stats
+
+    @staticmethod
+    def _kept_act_density(act: torch.Tensor, stats: _WeightStats, conv: bool, groups: int) -> float:
+        """Activation density over the input features the weights still use."""
+        cols = stats.kept_cols
+        if cols is None or (conv and groups != 1):
+            return _density(act)
+        if not cols.any():
+            return 0.0
+        return _density(act[:, cols] if conv else act[..., cols])
 
     # -- dispatch ------------------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -314,6 +345,9 @@ class _Tracer(TorchDispatchMode):
             wp = ap
         a_density = _density(act)
         stats = self._weight_stats(other, conv) if is_w else _WeightStats(1.0, "dense")
+        groups = int(args[8]) if conv and len(args) > 8 else 1
+        a_density = self._kept_act_density(act, stats, conv, groups) if stats.kept < 1.0 else a_density
+        kept = macs * stats.kept
         a_bytes = parse_precision(ap).bits / 8
         bias = args[0] if packet in (aten.addmm, aten.baddbmm) else args[2] if conv else None
         b_bits = dtype_precision(bias.dtype).bits if isinstance(bias, torch.Tensor) else 0
@@ -322,13 +356,13 @@ class _Tracer(TorchDispatchMode):
         b_bytes = _dense_numel(bias) * b_bits / 8 if b_bits else 0.0
         w_bytes = _dense_numel(other) * parse_precision(wp).bits / 8
         self._add(OpCount(
-            macs=macs, macs_nz_weight=macs * stats.density, macs_nz_act=macs * a_density,
+            macs=macs, macs_kept=kept, macs_nz_weight=macs * stats.density, macs_nz_act=kept * a_density,
             macs_nz_both=macs * stats.density * a_density, weight_pattern=stats.pattern,
             weight_precision=wp, act_precision=ap,
             ops=float(out.numel()) if packet in (aten.addmm, aten.baddbmm) or (conv and args[2] is not None)
             else 0.0,
-            weight_bytes=w_bytes if is_w else 0.0, weight_nz_bytes=w_bytes * stats.density if is_w else 0.0,
-            bias_bytes=b_bytes,
+            weight_bytes=w_bytes * stats.kept if is_w else 0.0,
+            weight_nz_bytes=w_bytes * stats.density if is_w else 0.0, bias_bytes=b_bytes,
             act_read_bytes=a_bytes * (act.numel() + (0 if is_w else _dense_numel(other))),
             act_write_bytes=a_bytes * out.numel(),
             events=macs * a_density * stats.density, outputs=float(out.numel()),
@@ -345,7 +379,7 @@ class _Tracer(TorchDispatchMode):
         o = out[0] if isinstance(out, (tuple, list)) else out
         scores = float(lead * q.shape[-2] * k.shape[-2])
         self._add(OpCount(
-            macs=macs, macs_nz_weight=macs, macs_nz_act=macs * density, macs_nz_both=macs * density,
+            macs=macs, macs_kept=macs, macs_nz_weight=macs, macs_nz_act=macs * density, macs_nz_both=macs * density,
             weight_precision=ap, act_precision=ap, ops=scores * 5,  # softmax over the scores
             act_read_bytes=a_bytes * (q.numel() + k.numel() + v.numel()), act_write_bytes=a_bytes * o.numel(),
             events=macs * density, outputs=float(o.numel()),
@@ -444,6 +478,9 @@ def count(model: nn.Module, inputs: Any, *, max_inputs: int = 64) -> Counts:
     model.eval()
     results: list[dict[str, UnitCount]] = []
     order: dict[str, None] = {}
+    # nn.MultiheadAttention / TransformerEncoderLayer fast paths run fused kernels that hide their matmuls
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     pre = nn.modules.module.register_module_forward_pre_hook(push)
     post = nn.modules.module.register_module_forward_hook(pop, always_call=True)
     try:
@@ -464,6 +501,7 @@ def count(model: nn.Module, inputs: Any, *, max_inputs: int = 64) -> Counts:
             results.append(tracer.units)
             order.update(dict.fromkeys(tracer.units))
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         pre.remove()
         post.remove()
         model.train(was_training)

@@ -70,17 +70,17 @@ class Estimate:
 
 
 def _target_macs(op: OpCount, target: Target) -> float:
-    """MACs the target performs for an op: zero weights skipped in the patterns it supports,
-    zero activations skipped if it is event-driven or says so."""
+    """MACs the target performs for an op: structurally removed rows and columns never run; zero weights
+    are skipped in the patterns the target supports, zero activations if it says so."""
     sp = target.sparsity
     skip_act = sp.skips_zero_activations
     unstructured = "unstructured" in sp.weight_patterns
     if unstructured:
         macs = op.macs_nz_both if skip_act else op.macs_nz_weight
     else:
-        macs = op.macs_nz_act if skip_act else op.macs
+        macs = op.macs_nz_act if skip_act else op.macs_kept
     if "2:4" in sp.weight_patterns and op.weight_pattern == "2:4":
-        macs = min(macs, 0.5 * (op.macs_nz_act if skip_act else op.macs))
+        macs = min(macs, 0.5 * (op.macs_nz_act if skip_act else op.macs_kept))
     return macs
 
 
