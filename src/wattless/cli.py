@@ -197,6 +197,38 @@ def calibrate(
                   f"worst {100 * result.max_abs_rel_error:.1f}%; written to {out}")
 
 
+@app.command()
+def optimize(
+    workload: Annotated[str, typer.Option("--workload", "-w", help="mnist1d, digits, minilm, or path/to/file.py:factory")],
+    recipe: Annotated[Path, typer.Option("--recipe", "-r", help="recipe TOML file")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="run directory (resumed if it holds this run)")],
+    target: Annotated[Optional[str], typer.Option("--target", "-t", help="override the recipe's target")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print metrics.json on stdout")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bars")] = False,
+) -> None:
+    """Train the baseline if none is cached, apply a recipe under the energy objective, write the run."""
+    from wattless.optimize import optimize as run_optimize
+
+    metrics = run_optimize(workload, recipe, out, target=target, progress=not no_progress and not as_json)
+    if as_json:
+        sys.stdout.write(json.dumps(metrics) + "\n")
+        return
+    t = metrics["target"]
+    table = Table(title=f"{metrics['workload']} with {metrics['recipe']}: energy per inference, estimated on {t}")
+    for col in ("model", metrics["metric_name"], f"energy on {t}", "vs fp32"):
+        table.add_column(col, justify="right")
+    base = metrics["baseline_energy_j"][t]
+    table.add_row("dense fp32 baseline", f"{metrics['baseline_accuracy']:.4f}", _joules(base), "1x")
+    if "ptq_int8" in metrics:
+        p = metrics["ptq_int8"]
+        table.add_row("post-training int8", f"{p['accuracy']:.4f}", _joules(p["energy_j"][t]),
+                      f"{base / p['energy_j'][t]:.1f}x lower")
+    table.add_row("wattless (this run)", f"{metrics['accuracy']:.4f}", _joules(metrics["energy_j"][t]),
+                  f"{metrics['energy_ratio'][t]:.1f}x lower")
+    console.print(table)
+    console.print(f"written to {out} (model.safetensors, recipe.toml, metrics.json)")
+
+
 def main() -> None:
     try:
         app()

@@ -10,6 +10,8 @@ __all__ = [
     "UnknownTargetError",
     "MeasurementUnavailable",
     "CalibrationError",
+    "RecipeError",
+    "TrainingError",
     "WorkloadError",
 ]
 
@@ -44,3 +46,11 @@ class CalibrationError(WattlessError):
 
 class WorkloadError(WattlessError):
     """An unknown workload name, or a workload spec that does not import or whose factory fails."""
+
+
+class RecipeError(WattlessError):
+    """A recipe file with an unknown key, a wrong type, or a combination that cannot apply to the model."""
+
+
+class TrainingError(WattlessError):
+    """Training that cannot go on (a NaN loss, a run directory that holds another run)."""

@@ -23,7 +23,7 @@ from torch.utils.flop_counter import flop_registry
 from wattless.energy.precision import Precision, dtype_precision, mac_precision, parse_precision
 from wattless.errors import InputError
 
-__all__ = ["OpCount", "UnitCount", "Counts", "count", "split_inputs", "run_model"]
+__all__ = ["OpCount", "UnitCount", "Counts", "count", "count_each", "split_inputs", "run_model"]
 
 aten = torch.ops.aten
 
@@ -458,6 +458,11 @@ def _describe(inputs: Any) -> str:
 
 def count(model: nn.Module, inputs: Any, *, max_inputs: int = 64) -> Counts:
     """Trace ``model`` on each of (at most ``max_inputs``) example inputs and count its work per unit."""
+    return count_each(model, split_inputs(inputs)[:max_inputs])
+
+
+def count_each(model: nn.Module, samples: list[Any]) -> Counts:
+    """Trace ``model`` once per element of ``samples`` (each a complete model input, batch 1)."""
     names = {id(m): (n or "(root)") for n, m in model.named_modules()}
     param_storages = {_storage_key(t) for t in [*model.parameters(), *model.buffers()]}
     stack: list[nn.Module] = []
@@ -473,7 +478,6 @@ def count(model: nn.Module, inputs: Any, *, max_inputs: int = 64) -> Counts:
         if stack and stack[-1] is module:
             stack.pop()
 
-    samples = split_inputs(inputs)[:max_inputs]
     was_training = model.training
     model.eval()
     results: list[dict[str, UnitCount]] = []

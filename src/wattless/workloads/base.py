@@ -73,11 +73,13 @@ class Workload:
 
     def __post_init__(self) -> None:
         if not self.metric_name:
-            raise WorkloadError(f"workload {self.name!r} has an empty metric_name: name the metric evaluate returns")
+            raise WorkloadError(
+                f"workload {self.name!r} has an empty metric_name: name the metric its evaluate returns"
+            )
         if self.batch_size < 1 or self.default_epochs < 0:
             raise WorkloadError(
-                f"workload {self.name!r} has batch_size={self.batch_size}, default_epochs={self.default_epochs}: "
-                "batch_size must be >= 1 and default_epochs >= 0"
+                f"workload {self.name!r} has batch_size={self.batch_size}, "
+                f"default_epochs={self.default_epochs}: batch_size must be >= 1 and default_epochs >= 0"
             )
         for split_name in ("train", "val", "test"):
             _check_split(self.name, split_name, getattr(self, split_name))
@@ -160,7 +162,9 @@ def classification_evaluate(batch_size: int) -> Callable[[nn.Module, Split], dic
 
     def evaluate(model: nn.Module, split: Split) -> dict[str, float]:
         if split.targets is None:
-            raise WorkloadError("accuracy needs labels, but this split has targets=None: evaluate a labelled split")
+            raise WorkloadError(
+                "accuracy needs labels, but this split has targets=None: evaluate a labelled split"
+            )
         device, dtype, correct = model_device(model), model_float_dtype(model), 0
         with eval_mode(model), torch.no_grad():
             for batch in iter_batches(split, batch_size):

@@ -83,8 +83,8 @@ def load_digits_workload(seed: int = 0) -> Workload:
         example_input=cycled_examples(test.inputs),
         evaluate=classification_evaluate(_BATCH_SIZE),
         needs_training=True,
-        default_epochs=30,
+        default_epochs=20,
         batch_size=_BATCH_SIZE,
-        default_lr=1e-3,
-        description=f"sklearn digits, {len(train)}/{len(val)}/{len(test)} 8x8 images in [0, 1], 10 classes; CNN",
+        default_lr=3e-3,
+        description=f"sklearn digits, {len(train)}/{len(val)}/{len(test)} 8x8 images in [0, 1], 10 classes",
     )

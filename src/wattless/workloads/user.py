@@ -33,7 +33,9 @@ def _is_file(source: str) -> bool:
 def _import_file(source: str) -> ModuleType:
     path = Path(source).expanduser().resolve()
     if not path.is_file():
-        raise WorkloadError(f"workload file {source!r} not found (looked at {path}): check the path in the spec")
+        raise WorkloadError(
+            f"workload file {source!r} not found (looked at {path}): check the path in the spec"
+        )
     # A unique, stable module name, registered before running the file so dataclasses and pickling inside
     # it can find their module.
     module_name = f"wattless_user_workload_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
@@ -89,7 +91,7 @@ def load_workload_spec(spec: str) -> Workload:
         ) from exc
     if not isinstance(workload, Workload):
         raise WorkloadError(
-            f"workload factory {spec!r} returned a {type(workload).__name__}, expected "
+            f"workload factory {spec!r} returned type {type(workload).__name__}, expected "
             "wattless.workloads.Workload"
         )
     return workload

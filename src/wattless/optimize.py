@@ -1,0 +1,253 @@
+"""`wattless.optimize`: train the baseline if none is cached, apply a recipe, train under the energy
+objective, and write the model, the resolved recipe and metrics.json into a run directory."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from wattless.energy import builtin_targets, count_each, estimate, resolve_target
+from wattless.errors import TrainingError
+from wattless.recipe import Recipe, apply_recipe, check_recipe, load_recipe, save_recipe
+from wattless.techniques.base import ApplyContext
+from wattless.train import EnergyTerm, TrainSettings, load_state, save_state, train
+from wattless.workloads import Split, Workload, get_workload
+
+__all__ = ["optimize", "baseline_model", "load_run", "eval_samples", "energy_by_target", "cache_dir"]
+
+
+def cache_dir() -> Path:
+    """Where trained baselines are cached: $WATTLESS_CACHE, else ~/.cache/wattless."""
+    return Path(os.environ.get("WATTLESS_CACHE", Path.home() / ".cache" / "wattless"))
+
+
+def _arch_key(model: nn.Module) -> str:
+    shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
+    return hashlib.sha256(shapes.encode()).hexdigest()[:12]
+
+
+def _settings(workload: Workload, recipe: Recipe | None = None) -> TrainSettings:
+    t = recipe.train if recipe is not None else None
+    return TrainSettings(
+        epochs=t.epochs if t and t.epochs is not None else workload.default_epochs,
+        lr=t.lr if t and t.lr else workload.default_lr,
+        batch_size=t.batch_size if t and t.batch_size else workload.batch_size,
+        weight_decay=t.weight_decay if t else 0.0, seed=t.seed if t else 0,
+        checkpoint_every=t.checkpoint_every if t else 1,
+    )
+
+
+def baseline_model(workload: Workload, *, progress: bool = True, cache: Path | None = None) -> tuple[nn.Module, dict]:
+    """The trained dense fp32 baseline and its metrics on the test split, cached across runs."""
+    model = workload.build_model()
+    if not workload.needs_training:
+        return model, workload.evaluate(model, workload.test)
+    settings = _settings(workload)
+    folder = (cache or cache_dir()) / "baselines"
+    stem = f"{workload.name}-{_arch_key(model)}-e{settings.epochs}-s{settings.seed}"
+    weights, info = folder / f"{stem}.safetensors", folder / f"{stem}.json"
+    if weights.exists() and info.exists():
+        try:
+            load_state(model, weights)
+            return model, json.loads(info.read_text())["metrics"]
+        except (RuntimeError, OSError, ValueError, KeyError):
+            model = workload.build_model()  # a stale or damaged cache entry is retrained, not trusted
+    train(model, workload, settings, progress=progress)
+    metrics = workload.evaluate(model, workload.test)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_state(model, weights.with_suffix(".tmp"))
+    os.replace(weights.with_suffix(".tmp"), weights)
+    info.write_text(json.dumps({"metrics": metrics, "settings": settings.__dict__}))
+    return model, metrics
+
+
+def eval_samples(workload: Workload, n: int) -> list[Any]:
+    """The first n test inputs, each prepared on its own (no padding shared between sentences)."""
+    n = min(n, len(workload.test))
+    return [workload.prepare_inputs(workload.test.take(slice(i, i + 1)).inputs) for i in range(n)]
+
+
+def energy_by_target(model: nn.Module, samples: list[Any]) -> tuple[dict[str, Any], float]:
+    """Estimated joules per inference on every built-in target, each input on its own hard path."""
+    counts = count_each(model, samples)
+    out = {}
+    for name, target in builtin_targets().items():
+        est = estimate(counts, target)
+        out[name] = {"energy_j": est.energy_j, "latency_s": est.latency_s, "p50": est.energy_j_p50,
+                     "p95": est.energy_j_p95}
+    return out, float(np.mean(counts.total("macs")))
+
+
+def _context(workload: Workload, teacher: nn.Module | None, steps: int) -> ApplyContext:
+    example = workload.example_input(8)
+    val = workload.val
+
+    def batches():
+        for i in range(0, min(len(workload.train), 512), 64):
+            part = workload.train.take(slice(i, i + 64))
+            yield workload.prepare_inputs(part.inputs), part.targets
+
+    extras = {"val": (workload.prepare_inputs(val.inputs), val.targets), "evaluate": workload.evaluate,
+              "val_split": val}
+    return ApplyContext(example_input=example, train_batches=batches, teacher=teacher, total_steps=steps,
+                        extras=extras)
+
+
+def _claim_run_dir(out: Path, identity: dict[str, Any]) -> None:
+    """A run directory holds one run: resuming the same one is fine, another one is refused untouched."""
+    marker = out / "run.json"
+    if marker.exists():
+        held = json.loads(marker.read_text())
+        if held.get("identity") != identity:
+            raise TrainingError(
+                f"{out} holds another run (workload {held.get('identity', {}).get('workload')!r}, recipe "
+                f"{held.get('identity', {}).get('recipe_name')!r}); choose another --out or remove it"
+            )
+        return
+    if out.exists() and any(out.iterdir()):
+        raise TrainingError(f"{out} exists and is not a wattless run directory; choose an empty or new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"identity": identity}))
+
+
+def _ptq_int8(baseline: nn.Module, workload: Workload, samples: list[Any]) -> dict[str, Any]:
+    """The post-training int8 quantization a user would reach for first, through the same modules."""
+    from wattless.techniques.quantize import ptq_int8_
+
+    model = copy.deepcopy(baseline)
+    calib = workload.prepare_inputs(workload.train.take(slice(0, 256)).inputs)
+    ptq_int8_(model, calib)
+    metrics = workload.evaluate(model, workload.test)
+    energy, _ = energy_by_target(model, samples)
+    return {"accuracy": metrics[workload.metric_name], "metrics": metrics,
+            "energy_j": {k: v["energy_j"] for k, v in energy.items()}}
+
+
+def optimize(
+    workload: str | Workload,
+    recipe: str | Path | Recipe,
+    out: str | Path,
+    *,
+    target: str | None = None,
+    progress: bool = True,
+    energy_inputs: int = 64,
+    cache: Path | None = None,
+    baselines: bool = True,
+) -> dict[str, Any]:
+    """Apply ``recipe`` to ``workload``'s baseline, train, and write model.safetensors, recipe.toml and
+    metrics.json into ``out``. Returns the metrics. An interrupted run resumes from its checkpoint."""
+    if isinstance(recipe, (str, Path)):
+        where = str(recipe)
+        recipe = load_recipe(recipe)
+    else:
+        where = "(inline)"
+    if target is not None:
+        resolve_target(target)
+        recipe = recipe.model_copy(update={"target": target})
+    wl = get_workload(workload, seed=recipe.train.seed) if isinstance(workload, str) else workload
+    objective_target = resolve_target(recipe.objective_target)
+    out = Path(out)
+    identity = {"workload": wl.name, "recipe_name": recipe.name,
+                "recipe_sha": hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode()).hexdigest()}
+
+    baseline, base_metrics = baseline_model(wl, progress=progress, cache=cache)
+    teacher = _teacher(recipe, baseline)
+    settings = _settings(wl, recipe)
+    steps = settings.epochs * max(1, -(-len(wl.train) // settings.batch_size))
+    context = _context(wl, teacher, steps)
+    check_recipe(recipe, baseline, context, where, labelled=wl.train.targets is not None)
+    _claim_run_dir(out, identity)
+
+    torch.manual_seed(settings.seed)
+    student = copy.deepcopy(baseline)
+    techniques = apply_recipe(student, recipe, context)
+    samples = eval_samples(wl, energy_inputs)
+    base_energy, base_macs = energy_by_target(baseline, samples)
+    energy = None
+    obj = recipe.objective
+    if obj.energy_weight or obj.energy_budget_uj is not None:
+        reference = estimate(count_each(baseline, samples[:8]), objective_target).energy_j
+        energy = EnergyTerm(student, samples[0], objective_target, reference, weight=obj.energy_weight,
+                            budget_j=obj.energy_budget_uj * 1e-6 if obj.energy_budget_uj else None,
+                            dual_lr=obj.dual_lr)
+    result = train(student, wl, settings, techniques=techniques, teacher=teacher, distill=recipe.distill,
+                   energy=energy, run_dir=out, progress=progress)
+    for tech in techniques:
+        tech.finish(student, context)
+    student.eval()
+    metrics = wl.evaluate(student, wl.test)
+    hard, macs = energy_by_target(student, samples)
+    save_state(student, out / "model.safetensors")
+    save_recipe(recipe, out / "recipe.toml")
+    report = _metrics(wl, recipe, metrics, base_metrics, hard, base_energy, macs, base_macs, result, techniques,
+                      student, objective_target.name, energy)
+    if baselines:
+        report["ptq_int8"] = _ptq_int8(baseline, wl, samples)
+    (out / "metrics.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _teacher(recipe: Recipe, baseline: nn.Module) -> nn.Module | None:
+    if recipe.distill is None:
+        return None
+    if recipe.distill.teacher == "baseline":
+        teacher = copy.deepcopy(baseline)
+    else:
+        from wattless.spec import load_model
+
+        teacher, _ = load_model(recipe.distill.teacher)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
+def _metrics(wl, recipe, metrics, base_metrics, hard, base_energy, macs, base_macs, result, techniques, model,
+             objective_target, energy) -> dict[str, Any]:
+    name = wl.metric_name
+    soft = result.soft_energy_j
+    hard_obj = hard[objective_target]["energy_j"]
+    return {
+        "workload": wl.name, "recipe": recipe.name, "target": objective_target, "metric_name": name,
+        "accuracy": metrics[name], "metrics": metrics,
+        "baseline_accuracy": base_metrics[name], "baseline_metrics": base_metrics,
+        "energy_kind": "estimated",
+        "energy_j": {k: v["energy_j"] for k, v in hard.items()},
+        "baseline_energy_j": {k: v["energy_j"] for k, v in base_energy.items()},
+        "energy_ratio": {k: base_energy[k]["energy_j"] / v["energy_j"] for k, v in hard.items() if v["energy_j"]},
+        "energy_distribution_j": {k: {"mean": v["energy_j"], "p50": v["p50"], "p95": v["p95"]} for k, v in hard.items()},
+        "latency_s": {k: v["latency_s"] for k, v in hard.items()},
+        "macs": macs, "baseline_macs": base_macs,
+        "objective": {
+            "target": objective_target, "soft_energy_j": soft, "hard_energy_j": hard_obj,
+            "soft_hard_gap": (hard_obj - soft) / soft if soft else None,
+            "energy_lambda": result.energy_lambda,
+            "energy_budget_uj": recipe.objective.energy_budget_uj,
+            "note": "soft: differentiable expected energy averaged over the last training epoch; hard: each "
+                    "eval input's executed path counted and priced",
+        } if energy is not None else None,
+        "techniques": {t.name: t.report(model) for t in techniques},
+        "training": {"epochs_run": result.epochs_run, "steps": result.steps, "final_loss": result.final_loss,
+                     "resumed_from_epoch": result.resumed_from_epoch, "history": result.history},
+    }
+
+
+def load_run(run_dir: str | Path, workload: str | Workload | None = None) -> tuple[nn.Module, Recipe, Workload]:
+    """Rebuild an optimized model from its run directory: baseline architecture + recipe + saved tensors."""
+    run_dir = Path(run_dir)
+    recipe = load_recipe(run_dir / "recipe.toml")
+    if workload is None:
+        workload = json.loads((run_dir / "run.json").read_text())["identity"]["workload"]
+    wl = get_workload(workload, seed=recipe.train.seed) if isinstance(workload, str) else workload
+    model = wl.build_model()
+    context = _context(wl, None, 0)
+    apply_recipe(model, recipe, context)
+    load_state(model, run_dir / "model.safetensors")
+    return model.eval(), recipe, wl

@@ -1,0 +1,158 @@
+"""A recipe: the declarative composition of techniques and the training objective, one TOML file.
+
+    name = "mnist1d-npu"
+    target = "mobile-npu"
+    [train]       epochs, lr, batch_size, seed, weight_decay
+    [objective]   energy_weight (lambda on E[x] / E_baseline) or energy_budget_uj (+ dual_lr)
+    [distill]     teacher, temperature, alpha, hidden_weight
+    [quantize]    weight_bits, act_bits, per_channel, learn_step, overrides, skip
+    [[prune]]     pattern, sparsity, n, m, granularity, schedule, layers, skip (one table or several)
+    [moe]         experts, top_k, blocks, balance_weight
+    [early_exit]  after, target_accuracy_drop, loss_weight
+    [act_sparsity] l1, relufy, layers
+
+Validated on load: an unknown key, a wrong type or an impossible value is an error naming the key and
+the file. ``check_recipe`` then applies the recipe to a copy of the model, so combinations that cannot
+work on this model (2:4 on a layer whose input is not a multiple of 4, an exit after a block that does
+not exist) fail before any training starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from torch import nn
+
+from wattless.errors import RecipeError
+from wattless.techniques.act_sparsity import ActSparsityConfig
+from wattless.techniques.base import ApplyContext, Technique, TechniqueConfig, apply_
+from wattless.techniques.distill import DistillConfig
+from wattless.techniques.early_exit import ExitConfig
+from wattless.techniques.moe import MoEConfig
+from wattless.techniques.prune import PruneConfig, check_prunable
+from wattless.techniques.quantize import QuantConfig
+
+__all__ = ["Recipe", "TrainSection", "Objective", "load_recipe", "parse_recipe", "check_recipe", "apply_recipe",
+           "save_recipe"]
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainSection(BaseModel):
+    model_config = _STRICT
+    epochs: int | None = Field(None, ge=0, description="default: the workload's")
+    lr: float | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, ge=1)
+    seed: int = 0
+    weight_decay: float = Field(0.0, ge=0)
+    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
+
+
+class Objective(BaseModel):
+    """loss = task + energy_weight * E[x] / E_baseline, or a hard budget kept by a Lagrange multiplier."""
+
+    model_config = _STRICT
+    energy_weight: float = Field(0.0, ge=0, description="lambda on the expected energy relative to the baseline")
+    energy_budget_uj: float | None = Field(None, gt=0, description="hard budget in microjoules per inference")
+    dual_lr: float = Field(0.05, gt=0, description="step of the multiplier's dual ascent")
+    target: str | None = Field(None, description="target the objective prices on (default: the recipe's)")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "Objective":
+        if self.energy_weight and self.energy_budget_uj is not None:
+            raise ValueError("give either energy_weight or energy_budget_uj, not both")
+        return self
+
+
+class Recipe(BaseModel):
+    model_config = _STRICT
+    name: str = "recipe"
+    description: str = ""
+    target: str = "mobile-npu"
+    train: TrainSection = TrainSection()
+    objective: Objective = Objective()
+    distill: DistillConfig | None = None
+    quantize: QuantConfig | None = None
+    prune: tuple[PruneConfig, ...] = ()
+    moe: MoEConfig | None = None
+    early_exit: ExitConfig | None = None
+    act_sparsity: ActSparsityConfig | None = None
+
+    @field_validator("prune", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, dict) else v
+
+    @property
+    def objective_target(self) -> str:
+        return self.objective.target or self.target
+
+    def techniques(self) -> list[TechniqueConfig]:
+        """In the order they are applied: architecture first (experts, exits), then activations, masks, bits."""
+        ordered: list[TechniqueConfig | None] = [self.moe, self.early_exit, self.act_sparsity, *self.prune,
+                                                 self.quantize]
+        return [c for c in ordered if c is not None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def _format(exc: ValidationError, where: str) -> str:
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling; see the README for the recipe keys)"
+        parts.append(f"key `{key}`: {msg}")
+    return f"recipe {where}: " + "; ".join(parts)
+
+
+def parse_recipe(data: dict[str, Any], where: str = "(inline)") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_format(exc, where)) from None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecipeError(f"recipe {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"recipe {path} cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"recipe {path} is not valid TOML: {exc}") from None
+    return parse_recipe(data, str(path))
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> None:
+    Path(path).write_text(tomli_w.dumps(recipe.to_dict()), encoding="utf-8")
+
+
+def apply_recipe(model: nn.Module, recipe: Recipe, context: ApplyContext) -> list[Technique]:
+    """Apply every technique of the recipe to ``model`` in place; their live handles, in order."""
+    return [apply_(model, config, context) for config in recipe.techniques()]
+
+
+def check_recipe(recipe: Recipe, model: nn.Module, context: ApplyContext, where: str = "(inline)",
+                 labelled: bool = True) -> None:
+    """Fail before training if the recipe cannot apply to this model; the model itself is not touched."""
+    if recipe.early_exit is not None and not labelled:
+        raise RecipeError(f"recipe {where}: key `early_exit`: exits need a labelled workload (a classifier)")
+    trial = copy.deepcopy(model)
+    for config in recipe.techniques():
+        section = config.kind
+        try:
+            if isinstance(config, PruneConfig):
+                check_prunable(trial, config)
+            apply_(trial, config, context)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise RecipeError(f"recipe {where}: key `{section}`: {exc}") from None
