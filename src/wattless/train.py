@@ -243,7 +243,7 @@ def train(
                 if not torch.isfinite(loss):
                     kept = (f"the last good checkpoint (epoch {saved}) is kept in {ckpt}" if ckpt is not None and saved
                             else "no checkpoint had been written yet")
-                    raise TrainingError(f"the loss became {float(loss)} at epoch {epoch + 1}, step {step}; training "
+                    raise TrainingError(f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step}; training "
                                         f"stopped and {kept}. Lower the learning rate or the energy weight.")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -264,14 +264,14 @@ def train(
                 energy.refresh()
                 record.update(soft_energy_j=energy.last_j, energy_lambda=energy.lam)
             history.append(record)
-            if on_epoch is not None:
-                on_epoch(epoch + 1, record)
             if ckpt is not None and ((epoch + 1) % settings.checkpoint_every == 0 or epoch + 1 == settings.epochs):
                 _write_checkpoint(ckpt, model, opt, {
                     "epoch": epoch + 1, "history": history, "scheduler": sched.state_dict() if sched else None,
                     "energy_lambda": energy.lam if energy is not None else None,
                 })
                 saved = epoch + 1
+            if on_epoch is not None:
+                on_epoch(epoch + 1, record)
     return TrainResult(
         epochs_run=settings.epochs - start_epoch, steps=step, final_loss=loss_value, resumed_from_epoch=resumed,
         energy_lambda=energy.lam if energy is not None else None,

@@ -73,7 +73,6 @@ class ExpectedEnergy:
     def __init__(self, model: nn.Module, costs: dict[str, UnitCost]) -> None:
         self.model, self.costs = model, costs
         modules = dict(model.named_modules())
-        self._modules = {name: modules[name] for name in costs if name in modules or name == "(root)"}
         self._densities: dict[str, torch.Tensor] = {}
         self._handles = [
             modules[name].register_forward_pre_hook(self._hook(name))
@@ -81,7 +80,6 @@ class ExpectedEnergy:
         ]
         # prefixes of each unit: the modules whose soft probability applies to it
         self._ancestors = {name: self._prefixes(name) for name in costs}
-        self._dynamic = [n for n, m in modules.items() if hasattr(m, "wattless_soft_prob")]
 
     @staticmethod
     def _prefixes(name: str) -> list[str]:
@@ -102,12 +100,12 @@ class ExpectedEnergy:
 
     def __call__(self, batch_size: int) -> torch.Tensor:
         """(B,) expected joules per input for the forward just run."""
-        modules = dict(self.model.named_modules())
         probs = {}
-        for name in self._dynamic:
-            p = getattr(modules[name], "wattless_soft_prob", None)
+        for name, module in self.model.named_modules():
+            p = getattr(module, "wattless_soft_prob", None)
             if isinstance(p, torch.Tensor):
                 probs[name] = p
+                module.wattless_soft_prob = None  # read once: a stale probability must not leak into eval
         total = torch.zeros(batch_size)
         for name, cost in self.costs.items():
             energy = torch.full((batch_size,), cost.base_j)
