@@ -11,21 +11,36 @@ model whose path depends on its input gets one count per input.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils.parametrize import ParametrizationList
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from wattless.energy.precision import Precision, dtype_precision, mac_precision, parse_precision
 from wattless.errors import InputError
 
-__all__ = ["OpCount", "UnitCount", "Counts", "count", "count_each", "split_inputs", "run_model"]
+__all__ = ["OpCount", "UnitCount", "Counts", "count", "count_each", "split_inputs", "run_model", "uncounted"]
 
 aten = torch.ops.aten
+_LOCAL = threading.local()
+
+
+@contextmanager
+def uncounted() -> Iterator[None]:
+    """Work inside this block is bookkeeping, not inference: fake quantization that simulates integer
+    kernels, statistics hooks, routing counters. The counter does not charge it."""
+    _LOCAL.depth = getattr(_LOCAL, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _LOCAL.depth -= 1
 
 
 @dataclass
@@ -223,11 +238,16 @@ def _is_2_4(rows: torch.Tensor) -> bool:
 class _WeightStats:
     density: float  # non-zero weights / all weights
     pattern: str
-    kept: float = 1.0  # fraction of the weight block left after removing all-zero rows and columns
-    kept_cols: torch.Tensor | None = None  # bool (K,): input features that any output still uses
+    kept_rows: float = 1.0  # fraction of outputs with a non-zero weight (the rest are removed channels)
+    kept_in: float = 1.0  # fraction of inputs that any output still uses
+    kept_cols: torch.Tensor | None = None  # bool (K,): which inputs, when some are unused
+
+    @property
+    def kept(self) -> float:
+        return self.kept_rows * self.kept_in
 
 
-def _structure(w: torch.Tensor, conv: bool) -> tuple[float, torch.Tensor | None]:
+def _structure(w: torch.Tensor, conv: bool) -> tuple[float, float, torch.Tensor | None]:
     """Rows (outputs) and columns (inputs) whose weights are all zero are work a deployment removes.
 
     Matrix weights arrive as (K, N) = (in, out); conv weights as (O, I/g, kh, kw).
@@ -239,8 +259,7 @@ def _structure(w: torch.Tensor, conv: bool) -> tuple[float, torch.Tensor | None]
     else:
         nz = nz.reshape(-1, *nz.shape[-2:]).any(0)  # (K, N), batched weights folded
         rows, cols = nz.any(0), nz.any(1)
-    kept = float(rows.float().mean() * cols.float().mean())
-    return kept, (cols if not bool(cols.all()) else None)
+    return float(rows.float().mean()), float(cols.float().mean()), (cols if not bool(cols.all()) else None)
 
 
 class _Tracer(TorchDispatchMode):
@@ -251,6 +270,7 @@ class _Tracer(TorchDispatchMode):
         self.stack, self.names, self.param_storages = stack, names, param_storages
         self.units: dict[str, UnitCount] = {}
         self._wcache: dict[tuple, _WeightStats] = {}
+        self.flow: str | None = None  # activation precision of the last matrix op, carried to element ops
 
     # -- attribution ---------------------------------------------------------------------------------
     def _unit(self) -> UnitCount:
@@ -265,6 +285,8 @@ class _Tracer(TorchDispatchMode):
     def _precisions(self, weight: torch.Tensor | None, act: torch.Tensor | None) -> tuple[str, str]:
         wp = dtype_precision(weight.dtype).name if weight is not None else None
         ap = dtype_precision(act.dtype).name if act is not None else "fp32"
+        if weight is None and self.flow is not None and act is not None and act.dtype == torch.float32:
+            ap = self.flow  # element ops between quantized layers run on the quantized activations
         for module in reversed(self.stack):
             w_attr = getattr(module, "wattless_weight_precision", None)
             a_attr = getattr(module, "wattless_act_precision", None)
@@ -287,16 +309,16 @@ class _Tracer(TorchDispatchMode):
         if hit is not None:
             return hit
         density = _density(w)
-        pattern, kept, cols = "dense", 1.0, None
+        pattern, kept_rows, kept_in, cols = "dense", 1.0, 1.0, None
         if density < 1.0:
             pattern = "unstructured"
-            kept, cols = _structure(w, conv)
+            kept_rows, kept_in, cols = _structure(w, conv)
             if density <= 0.5:
                 rows = w.permute(0, 2, 3, 1).reshape(-1, w.shape[1]) if conv and w.dim() == 4 else (
                     w.reshape(w.shape[0], -1) if conv else w.transpose(-2, -1).reshape(-1, w.shape[-2]))
                 if _is_2_4(rows):
                     pattern = "2:4"
-        stats = self._wcache[key] = _WeightStats(density, pattern, kept, cols)
+        stats = self._wcache[key] = _WeightStats(density, pattern, kept_rows, kept_in, cols)
         return stats
 
     @staticmethod
@@ -314,8 +336,10 @@ class _Tracer(TorchDispatchMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         packet = _packet(func)
-        if packet in _FREE or getattr(func, "is_view", False) or not self.stack:
+        if packet in _FREE or getattr(func, "is_view", False) or not self.stack or getattr(_LOCAL, "depth", 0):
             return out
+        if any(isinstance(m, ParametrizationList) for m in self.stack):
+            return out  # a parametrization (a pruning mask) prepares weights; deployment bakes it in
         if packet in _MATRIX:
             self._matrix(func, packet, args, kwargs, out)
         elif packet in _SDPA:
@@ -343,6 +367,7 @@ class _Tracer(TorchDispatchMode):
         wp, ap = self._precisions(other if is_w else None, act)
         if not is_w:
             wp = ap
+        self.flow = ap
         a_density = _density(act)
         stats = self._weight_stats(other, conv) if is_w else _WeightStats(1.0, "dense")
         groups = int(args[8]) if conv and len(args) > 8 else 1
@@ -363,9 +388,10 @@ class _Tracer(TorchDispatchMode):
             else 0.0,
             weight_bytes=w_bytes * stats.kept if is_w else 0.0,
             weight_nz_bytes=w_bytes * stats.density if is_w else 0.0, bias_bytes=b_bytes,
-            act_read_bytes=a_bytes * (act.numel() + (0 if is_w else _dense_numel(other))),
-            act_write_bytes=a_bytes * out.numel(),
-            events=macs * a_density * stats.density, outputs=float(out.numel()),
+            # removed input channels are not read, removed output channels not written
+            act_read_bytes=a_bytes * (act.numel() * stats.kept_in + (0 if is_w else _dense_numel(other))),
+            act_write_bytes=a_bytes * out.numel() * stats.kept_rows,
+            events=macs * a_density * stats.density, outputs=float(out.numel()) * stats.kept_rows,
         ))
 
     def _attention(self, args, out) -> None:

@@ -10,6 +10,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from wattless.energy.count import uncounted
 from wattless.techniques.base import ApplyContext, Technique, TechniqueConfig, register
 
 __all__ = ["ActSparsityConfig", "ActSparsity", "relufy_"]
@@ -62,7 +63,8 @@ class ActSparsity(Technique):
             if torch.is_grad_enabled() and self.config.l1:
                 self._l1.append(out.abs().mean())
             elif not torch.is_grad_enabled():
-                self._density.setdefault(name, []).append(float((out != 0).float().mean()))
+                with uncounted():
+                    self._density.setdefault(name, []).append(float((out != 0).float().mean()))
 
         return capture
 

@@ -1,0 +1,293 @@
+"""Quantization-aware training: integer grids, accuracy, gradients, per-layer bits, energy, composition."""
+
+from __future__ import annotations
+
+
+import pytest
+import torch
+from pydantic import ValidationError
+from torch import nn
+from torch.nn.utils import parametrize
+
+from wattless.energy import count, estimate, resolve_target
+from wattless.techniques.base import ApplyContext, apply_
+from wattless.techniques.quantize import (
+    LayerBits, QuantConfig, QuantizeError, QuantLinear, act_scale, integer_weights, ptq_int8_,
+)
+
+
+def quantize(model: nn.Module, x, **config):
+    return apply_(model, QuantConfig(**config), ApplyContext(example_input=x))
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+
+
+class ConvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+        self.classifier = nn.Linear(8 * 8 * 8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 3, 8, 8)
+        return self.classifier(torch.relu(self.features(x)).flatten(1))
+
+
+def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((y - ref).detach().norm() / ref.detach().norm())
+
+
+def used_weight(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The weight a quantized layer actually multiplies with on input x."""
+    seen = []
+    op = layer._float_op
+    layer._float_op = lambda inp, w: seen.append(w.detach()) or op(inp, w)
+    try:
+        with torch.no_grad():
+            layer(x)
+    finally:
+        del layer._float_op
+    return seen[0]
+
+
+LAYERS = [
+    (lambda: nn.Linear(16, 6), (4, 16)),
+    (lambda: nn.Conv1d(4, 6, 3), (2, 4, 10)),
+    (lambda: nn.Conv2d(4, 6, 3), (2, 4, 6, 6)),
+]
+
+
+# --- the integer grid ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("make, shape", LAYERS, ids=["linear", "conv1d", "conv2d"])
+@pytest.mark.parametrize("learn_step", [True, False])
+def test_int_k_weights_take_at_most_2_to_the_k_values_per_channel(bits, make, shape, learn_step):
+    torch.manual_seed(0)
+    layer, x = make(), torch.randn(shape)
+    quantize(layer, x, weight_bits=bits, act_bits=bits, learn_step=learn_step)
+    w = used_weight(layer, x)
+    for row in w.flatten(1):
+        assert row.unique().numel() <= 2**bits
+    codes, scale = integer_weights(layer)
+    assert codes.dtype == torch.int8 and scale.shape == (w.shape[0],)
+    assert int(codes.min()) >= -(2 ** (bits - 1)) and int(codes.max()) <= 2 ** (bits - 1) - 1
+
+
+@pytest.mark.parametrize("make, shape", LAYERS, ids=["linear", "conv1d", "conv2d"])
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_integer_weights_times_scale_is_the_weight_the_layer_uses(make, shape, per_channel):
+    torch.manual_seed(0)
+    layer, x = make(), torch.randn(shape)
+    quantize(layer, x, weight_bits=4, per_channel=per_channel)
+    codes, scale = integer_weights(layer)
+    expected = codes.float() * scale.reshape(-1, *[1] * (codes.dim() - 1))
+    assert torch.equal(expected, used_weight(layer, x))
+
+
+def test_act_scale_is_unsigned_after_a_relu_and_signed_otherwise():
+    model = mlp()
+    quantize(model, torch.randn(8, 32), act_bits=8)
+    scale, zero_point, signed = act_scale(model[0])
+    assert signed and zero_point == 0 and scale > 0
+    assert act_scale(model[2])[2] is False
+    with pytest.raises(QuantizeError, match="not a quantized layer"):
+        integer_weights(nn.Linear(2, 2))
+
+
+# --- accuracy and training -----------------------------------------------------------------------------
+
+def test_8_bit_outputs_stay_close_to_float_and_2_bit_ones_do_not():
+    x = torch.randn(64, 32)
+    ref = mlp()(x)
+    errors = {}
+    for bits in (8, 2):
+        model = mlp()
+        quantize(model, x, weight_bits=bits, act_bits=bits)
+        errors[bits] = rel_err(model(x), ref)
+    assert errors[8] < 0.03
+    assert errors[2] > 10 * errors[8]
+
+
+def test_gradients_reach_weights_and_steps_and_training_lowers_the_loss():
+    torch.manual_seed(1)
+    x = torch.randn(128, 32)
+    y = torch.sin(x[:, :8])  # a toy regression
+    model = mlp()
+    quantize(model, x, weight_bits=4, act_bits=4)
+    loss_fn = nn.MSELoss()
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    for layer in (model[0], model[2], model[4]):
+        for p in (layer.weight, layer.weight_step, layer.act_step):
+            assert p.grad is not None and p.grad.abs().sum() > 0
+    first = loss.item()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(30):
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.7 * first
+
+
+def test_without_learned_steps_the_act_step_tracks_a_running_max_until_finish():
+    model = mlp()
+    handle = quantize(model, torch.randn(8, 32), learn_step=False)
+    assert model[0].weight_step is None and not isinstance(model[0].act_step, nn.Parameter)
+    before = model[0].act_step.clone()
+    model(10 * torch.randn(8, 32))
+    assert model[0].act_step > before
+    handle.finish(model, None)
+    frozen = model[0].act_step.clone()
+    model(100 * torch.randn(8, 32))
+    assert torch.equal(model[0].act_step, frozen)
+
+
+# --- configuration ---------------------------------------------------------------------------------------
+
+def test_overrides_and_skip_apply_per_layer():
+    model, x = ConvNet(), torch.randn(2, 3, 8, 8)
+    config = {"weight_bits": 8, "act_bits": 8, "skip": ["features.2"],
+              "overrides": {"features.*": LayerBits(weight_bits=4), "classifier": LayerBits(act_bits=None)}}
+    handle = quantize(model, x, **config)
+    report = handle.report(model)
+    assert report["layers"] == {
+        "features.0": {"weight_bits": 4, "act_bits": 8},
+        "classifier": {"weight_bits": 8, "act_bits": None},
+    }
+    assert report["float_layers"] == ["features.2"]
+    assert type(model.features[2]) is nn.Conv2d
+    assert not hasattr(model.classifier, "wattless_act_precision")
+    assert 4 < report["mean_weight_bits"] < 32
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"weight_bits": 9}, "weight_bits"), ({"weight_bits": 1}, "weight_bits"), ({"act_bits": 12}, "act_bits"),
+    ({"bits": 4}, "bits"), ({"overrides": {"fc": {"weight_bits": 16}}}, "weight_bits"),
+    ({"overrides": {"fc": {"wbits": 4}}}, "wbits"),
+])
+def test_bad_configs_raise_naming_the_field(bad, field):
+    with pytest.raises(ValidationError, match=field):
+        QuantConfig(**bad)
+
+
+def test_a_glob_that_matches_no_layer_is_an_error_that_lists_layer_names():
+    with pytest.raises(QuantizeError, match="'*.fc'.*features.0"):
+        quantize(ConvNet(), torch.randn(2, 3, 8, 8), skip=["*.fc"])
+
+
+def test_quantizing_twice_is_an_error():
+    model = mlp()
+    quantize(model, torch.randn(2, 32))
+    with pytest.raises(QuantizeError, match="quantized already"):
+        quantize(model, torch.randn(2, 32))
+
+
+# --- what the energy core sees ------------------------------------------------------------------------
+
+def test_energy_core_reads_the_precision_and_energy_falls_with_bits():
+    x = torch.randn(4, 32)
+    target = resolve_target("mobile-npu")
+    energy_j = {"fp32": estimate(count(mlp(), x), target).energy_j}
+    for bits in (8, 4):
+        model = mlp()
+        quantize(model, x, weight_bits=bits, act_bits=8)
+        records = {r["name"]: r for r in count(model, x).mean_records()}
+        assert records["0"]["weight_precision"] == f"int{bits}"
+        assert records["0"]["act_precision"] == "int8"
+        energy_j[f"int{bits}"] = estimate(count(model, x), target).energy_j
+    assert energy_j["fp32"] > energy_j["int8"] > energy_j["int4"]
+
+
+# --- composition with a pruning mask ----------------------------------------------------------------
+
+class Mask(nn.Module):
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w * self.mask
+
+
+def half_mask(layer: nn.Linear) -> torch.Tensor:
+    mask = (torch.rand_like(layer.weight) > 0.5).float()
+    mask[0] = 0  # one whole output channel pruned: its step must stay positive
+    return mask
+
+
+@pytest.mark.parametrize("mask_first", [True, False], ids=["mask-then-quantize", "quantize-then-mask"])
+def test_pruned_zeros_survive_quantization_in_either_order(mask_first):
+    torch.manual_seed(0)
+    layer, x = nn.Linear(16, 8), torch.randn(4, 16)
+    mask = half_mask(layer)
+    if mask_first:
+        parametrize.register_parametrization(layer, "weight", Mask(mask))
+    quantize(layer, x, weight_bits=4)
+    if not mask_first:
+        parametrize.register_parametrization(layer, "weight", Mask(mask))
+    assert isinstance(layer, QuantLinear) and parametrize.is_parametrized(layer, "weight")
+    w = used_weight(layer, x)
+    assert torch.all(w[mask == 0] == 0)
+    assert w[mask == 1].ne(0).any() and torch.isfinite(layer(x)).all()
+    codes, _ = integer_weights(layer)
+    assert torch.all(codes[mask == 0] == 0)
+    parametrize.remove_parametrizations(layer, "weight")
+    assert type(layer) is QuantLinear  # removing the mask keeps the layer quantized
+    assert torch.all(used_weight(layer, x)[mask == 0] == 0)
+
+
+# --- models, baselines, checkpoints ----------------------------------------------------------------
+
+def test_a_tiny_bert_runs_with_every_linear_at_int8():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, vocab_size=100)
+    model = transformers.BertModel(config).eval()
+    inputs = {"input_ids": torch.randint(0, 100, (2, 12))}
+    ref = model(**inputs).last_hidden_state
+    handle = quantize(model, inputs)
+    out = model(**inputs).last_hidden_state
+    layers = handle.report(model)["layers"]
+    assert len(layers) == 2 * 6 + 1  # q, k, v, attention out, intermediate, output per layer; pooler
+    assert all(v == {"weight_bits": 8, "act_bits": 8} for v in layers.values())
+    assert rel_err(out, ref) < 0.05
+
+
+@pytest.mark.parametrize("act_range", ["max", "percentile"])
+def test_ptq_int8_stays_close_to_float_without_training(act_range):
+    x = torch.randn(64, 32)
+    ref = mlp()(x)
+    model = mlp()
+    handle = ptq_int8_(model, x, act_range=act_range)
+    assert rel_err(model(x), ref) < 0.03
+    assert set(handle.report(model)["layers"]) == {"0", "2", "4"}
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "step" in n)
+
+
+def test_state_dicts_round_trip_through_safetensors_and_float_checkpoints_load_strictly(tmp_path):
+    safetensors = pytest.importorskip("safetensors.torch")
+    x = torch.randn(8, 32)
+    model = mlp()
+    quantize(model, x, weight_bits=4)
+    assert {k for k in model.state_dict() if k.startswith("0.")} == {
+        "0.weight", "0.bias", "0.weight_step", "0.act_step", "0.act_signed"}
+    safetensors.save_file(model.state_dict(), tmp_path / "q.safetensors")
+    fresh = mlp()
+    quantize(fresh, x * 3, weight_bits=4)  # different steps, then overwritten by the checkpoint
+    fresh.load_state_dict(safetensors.load_file(tmp_path / "q.safetensors"))
+    assert torch.equal(fresh(x), model(x))
+
+    reference = mlp()
+    quantize(reference, x)
+    quantized = mlp()
+    quantize(quantized, 3 * x)
+    with torch.no_grad():
+        for p in quantized.parameters():
+            p.add_(1.0)  # steps and weights both off
+    quantized.load_state_dict(mlp().state_dict())  # strict; the missing steps re-initialise on next forward
+    assert torch.equal(quantized(x), reference(x))
