@@ -314,8 +314,8 @@ class _Tracer(TorchDispatchMode):
             pattern = "unstructured"
             kept_rows, kept_in, cols = _structure(w, conv)
             if density <= 0.5:
-                rows = w.permute(0, 2, 3, 1).reshape(-1, w.shape[1]) if conv and w.dim() == 4 else (
-                    w.reshape(w.shape[0], -1) if conv else w.transpose(-2, -1).reshape(-1, w.shape[-2]))
+                # groups of 4 run along the input dimension: (O, I, *k) -> (O, *k, I); (K, N) -> (N, K)
+                rows = w.movedim(1, -1).reshape(-1, w.shape[1]) if conv else w.transpose(-2, -1).reshape(-1, w.shape[-2])
                 if _is_2_4(rows):
                     pattern = "2:4"
         stats = self._wcache[key] = _WeightStats(density, pattern, kept_rows, kept_in, cols)

@@ -1,1 +1,15 @@
-"""Efficiency techniques, one module each, applied through one door: apply_(model, config, context)."""
+"""Efficiency techniques, one module each, applied through one door: apply_(model, config, context).
+
+Importing this package registers every technique's handler.
+"""
+
+from wattless.techniques.act_sparsity import ActSparsityConfig
+from wattless.techniques.base import ApplyContext, Technique, TechniqueConfig, apply_, full_path
+from wattless.techniques.distill import DistillConfig
+from wattless.techniques.early_exit import ExitConfig
+from wattless.techniques.moe import MoEConfig
+from wattless.techniques.prune import PruneConfig
+from wattless.techniques.quantize import QuantConfig
+
+__all__ = ["ActSparsityConfig", "ApplyContext", "DistillConfig", "ExitConfig", "MoEConfig", "PruneConfig", "QuantConfig", "Technique",
+           "TechniqueConfig", "apply_", "full_path"]
