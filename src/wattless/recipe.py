@@ -93,8 +93,9 @@ class Recipe(BaseModel):
         return self.objective.target or self.target
 
     def techniques(self) -> list[TechniqueConfig]:
-        """In the order they are applied: architecture first (experts, exits), then activations, masks, bits."""
-        ordered: list[TechniqueConfig | None] = [self.moe, self.early_exit, self.act_sparsity, *self.prune,
+        """In the order they are applied: experts, activations, masks (traced on the plain backbone, before
+        exit heads branch off it), exits, then bits (so exit heads and experts are quantized too)."""
+        ordered: list[TechniqueConfig | None] = [self.moe, self.act_sparsity, *self.prune, self.early_exit,
                                                  self.quantize]
         return [c for c in ordered if c is not None]
 

@@ -179,3 +179,18 @@ def test_transformer_encoder_fast_path_is_counted():
     layer = nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32, batch_first=True).eval()
     macs = total_macs(layer, torch.randn(1, 5, 16))
     assert macs == 5 * (4 * 16 * 16 + 2 * 16 * 32) + 2 * 5 * 5 * 16
+
+
+def test_element_ops_on_removed_channels_are_not_charged():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(2, 8, 3, padding=1), nn.ReLU(), nn.Conv1d(8, 4, 3, padding=1))
+    x = torch.randn(1, 2, 10)
+    dense = by_name(count(model, x))["1"]
+    with torch.no_grad():
+        model[0].weight[4:] = 0  # half the channels removed: producer rows, bias, consumer columns
+        model[0].bias[4:] = 0
+        model[2].weight[:, 4:] = 0
+    pruned = by_name(count(model, x))
+    assert pruned["1"]["ops"] == pytest.approx(0.5 * dense["ops"])
+    assert pruned["1"]["act_read_bytes"] == pytest.approx(0.5 * dense["act_read_bytes"])
+    assert pruned["2"]["act_read_bytes"] == pytest.approx(0.5 * 8 * 10 * 4)

@@ -111,7 +111,7 @@ class UnitCount:
             "kept_macs": self._sum("macs_kept"),
             "effective_macs": self.effective_macs,
             "weight_density": self._sum("macs_nz_weight") / macs if macs else 1.0,
-            "act_density": self._sum("macs_nz_act") / macs if macs else 1.0,
+            "act_density": self._sum("macs_nz_act") / self._sum("macs_kept") if macs else 1.0,
             "weight_pattern": dominant.weight_pattern,
             "weight_precision": dominant.weight_precision,
             "act_precision": dominant.act_precision,
@@ -262,6 +262,10 @@ def _structure(w: torch.Tensor, conv: bool) -> tuple[float, float, torch.Tensor 
     return float(rows.float().mean()), float(cols.float().mean()), (cols if not bool(cols.all()) else None)
 
 
+class CounterBug(RuntimeError):
+    """The counter itself failed on an op: a wattless bug, not the user's input."""
+
+
 class _Tracer(TorchDispatchMode):
     """Charges each aten op's work to the innermost module on the stack."""
 
@@ -271,6 +275,7 @@ class _Tracer(TorchDispatchMode):
         self.units: dict[str, UnitCount] = {}
         self._wcache: dict[tuple, _WeightStats] = {}
         self.flow: str | None = None  # activation precision of the last matrix op, carried to element ops
+        self.live: dict[int, tuple[float, torch.Tensor]] = {}  # storage -> live channel fraction
 
     # -- attribution ---------------------------------------------------------------------------------
     def _unit(self) -> UnitCount:
@@ -340,14 +345,17 @@ class _Tracer(TorchDispatchMode):
             return out
         if any(isinstance(m, ParametrizationList) for m in self.stack):
             return out  # a parametrization (a pruning mask) prepares weights; deployment bakes it in
-        if packet in _MATRIX:
-            self._matrix(func, packet, args, kwargs, out)
-        elif packet in _SDPA:
-            self._attention(args, out)
-        elif packet is aten.embedding:
-            self._embedding(args, out)
-        else:
-            self._elementwise(packet, args, out)
+        try:
+            if packet in _MATRIX:
+                self._matrix(func, packet, args, kwargs, out)
+            elif packet in _SDPA:
+                self._attention(args, out)
+            elif packet is aten.embedding:
+                self._embedding(args, out)
+            else:
+                self._elementwise(packet, args, out)
+        except Exception as exc:
+            raise CounterBug(f"wattless's counter failed on {func}: {type(exc).__name__}: {exc}") from exc
         return out
 
     def _add(self, op: OpCount) -> None:
@@ -373,6 +381,7 @@ class _Tracer(TorchDispatchMode):
         groups = int(args[8]) if conv and len(args) > 8 else 1
         a_density = self._kept_act_density(act, stats, conv, groups) if stats.kept < 1.0 else a_density
         kept = macs * stats.kept
+        self._mark_live(out, stats.kept_rows)
         a_bytes = parse_precision(ap).bits / 8
         bias = args[0] if packet in (aten.addmm, aten.baddbmm) else args[2] if conv else None
         b_bits = dtype_precision(bias.dtype).bits if isinstance(bias, torch.Tensor) else 0
@@ -384,8 +393,8 @@ class _Tracer(TorchDispatchMode):
             macs=macs, macs_kept=kept, macs_nz_weight=macs * stats.density, macs_nz_act=kept * a_density,
             macs_nz_both=macs * stats.density * a_density, weight_pattern=stats.pattern,
             weight_precision=wp, act_precision=ap,
-            ops=float(out.numel()) if packet in (aten.addmm, aten.baddbmm) or (conv and args[2] is not None)
-            else 0.0,
+            ops=float(out.numel()) * stats.kept_rows
+            if packet in (aten.addmm, aten.baddbmm) or (conv and args[2] is not None) else 0.0,
             weight_bytes=w_bytes * stats.kept if is_w else 0.0,
             weight_nz_bytes=w_bytes * stats.density if is_w else 0.0, bias_bytes=b_bytes,
             # removed input channels are not read, removed output channels not written
@@ -421,6 +430,19 @@ class _Tracer(TorchDispatchMode):
             act_write_bytes=out.numel() * parse_precision(ap).bits / 8,
         ))
 
+    def _mark_live(self, out: Any, fraction: float) -> None:
+        """Remember that only ``fraction`` of this tensor's channels carry anything (the rest were removed
+        by structured pruning), so element ops on it are charged for the live part only."""
+        for t in _tensors(out):
+            if fraction < 1.0:
+                self.live[_storage_key(t)] = (fraction, t)  # holding t keeps its storage from being reused
+            else:
+                self.live.pop(_storage_key(t), None)
+
+    def _live(self, t: torch.Tensor) -> float:
+        entry = self.live.get(_storage_key(t))
+        return entry[0] if entry is not None else 1.0
+
     def _elementwise(self, packet, args, out) -> None:
         ins = [t for t in _tensors(args) if t.is_floating_point() or t.dtype in (torch.int8, torch.uint8)]
         outs = [t for t in _tensors(out) if t.is_floating_point()]
@@ -429,10 +451,13 @@ class _Tracer(TorchDispatchMode):
         act = max(ins, key=torch.Tensor.numel) if ins else outs[0]
         _, ap = self._precisions(None, act)
         a_bytes = parse_precision(ap).bits / 8
-        n_in = sum(_dense_numel(t) for t in ins if _storage_key(t) not in self.param_storages)
+        acts = [t for t in ins if _storage_key(t) not in self.param_storages]
+        live = max((self._live(t) for t in acts), default=1.0)  # an op is live where any input is
+        n_in = sum(_dense_numel(t) * self._live(t) for t in acts)
         n_param = sum(_dense_numel(t) for t in ins if _storage_key(t) in self.param_storages)
-        n_out = sum(t.numel() for t in outs)
+        n_out = sum(t.numel() for t in outs) * live
         per = 0.0 if packet in _COPIES else float(_OPS_PER_ELEMENT.get(packet, 1))
+        self._mark_live(out, live)
         self._add(OpCount(
             weight_precision=ap, act_precision=ap, ops=per * max(n_in, n_out),
             weight_bytes=n_param * a_bytes, weight_nz_bytes=n_param * a_bytes,
@@ -521,6 +546,8 @@ def count_each(model: nn.Module, samples: list[Any]) -> Counts:
             with torch.no_grad(), tracer:
                 try:
                     run_model(model, sample)
+                except CounterBug:
+                    raise
                 except Exception as exc:  # the model's own error, reported with the input it got
                     raise InputError(
                         f"the model rejected its example input ({_describe(sample)}): "
