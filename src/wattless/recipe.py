@@ -20,7 +20,6 @@ not exist) fail before any training starts.
 from __future__ import annotations
 
 import copy
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
+from wattless._files import read_toml, validation_message
 from wattless.errors import RecipeError
 from wattless.techniques.act_sparsity import ActSparsityConfig
 from wattless.techniques.base import ApplyContext, Technique, TechniqueConfig, apply_
@@ -103,35 +103,17 @@ class Recipe(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-def _format(exc: ValidationError, where: str) -> str:
-    parts = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (check its spelling; see the README for the recipe keys)"
-        parts.append(f"key `{key}`: {msg}")
-    return f"recipe {where}: " + "; ".join(parts)
-
-
 def parse_recipe(data: dict[str, Any], where: str = "(inline)") -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        raise RecipeError(_format(exc, where)) from None
+        raise RecipeError(validation_message(
+            exc, f"recipe {where}", "key", "unknown key (check its spelling; see the README for the recipe keys)"
+        )) from None
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RecipeError(f"recipe {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"recipe {path} cannot be read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"recipe {path} is not valid TOML: {exc}") from None
-    return parse_recipe(data, str(path))
+    return parse_recipe(read_toml(Path(path), "recipe", RecipeError), str(path))
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:

@@ -6,28 +6,16 @@ The factory takes no arguments and returns the module, or a pair (module, exampl
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from wattless._files import import_python_file
 from wattless.errors import InputError, SpecError
 
 __all__ = ["load_factory", "load_model", "parse_shape", "example_from_shape"]
-
-
-def _import_file(path: Path) -> Any:
-    name = f"wattless_user_{abs(hash(path.resolve()))}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise SpecError(f"cannot import {path}: not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def load_factory(spec: str, builtins: dict[str, tuple[Any, str]] | None = None, what: str = "model") -> Any:
@@ -46,7 +34,7 @@ def load_factory(spec: str, builtins: dict[str, tuple[Any, str]] | None = None, 
             path = Path(where)
             if not path.is_file():
                 raise SpecError(f"cannot load {what} spec {spec!r}: file {where} does not exist")
-            module = _import_file(path)
+            module = import_python_file(path)
         else:
             module = importlib.import_module(where)
     except SpecError:

@@ -7,7 +7,6 @@ rejected by name. See docs/TARGETS.md for the format.
 
 from __future__ import annotations
 
-import tomllib
 from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from wattless._files import read_toml, validation_message
 from wattless.energy.precision import Precision, parse_precision
 from wattless.errors import TargetError, UnknownTargetError
 
@@ -179,32 +179,14 @@ def coefficient_paths(target: Target) -> list[str]:
     return list(target.coefficients)
 
 
-def _format_error(exc: ValidationError, where: str) -> str:
-    lines = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field (remove it or check its spelling)"
-        lines.append(f"field `{field}`: {msg}")
-    return f"target file {where}: " + "; ".join(lines)
-
-
 def load_target(path: str | Path) -> Target:
     """Read and validate one target file; errors name the file and the field."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TargetError(f"target file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TargetError(f"target file {path} cannot be read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise TargetError(f"target file {path} is not valid TOML: {exc}") from None
+    data = read_toml(Path(path), "target file", TargetError)
     try:
         return Target.model_validate(data)
     except ValidationError as exc:
-        raise TargetError(_format_error(exc, str(path))) from None
+        raise TargetError(validation_message(
+            exc, f"target file {path}", "field", "unknown field (remove it or check its spelling)")) from None
 
 
 def _builtin_dir() -> Path:

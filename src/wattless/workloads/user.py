@@ -5,13 +5,11 @@ The factory takes no arguments and returns a `Workload`; any seeding is the fact
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
+from wattless._files import import_python_file
 from wattless.errors import WorkloadError
 from wattless.workloads.base import Workload
 
@@ -31,25 +29,11 @@ def _is_file(source: str) -> bool:
 
 
 def _import_file(source: str) -> ModuleType:
-    path = Path(source).expanduser().resolve()
-    if not path.is_file():
-        raise WorkloadError(
-            f"workload file {source!r} not found (looked at {path}): check the path in the spec"
-        )
-    # A unique, stable module name, registered before running the file so dataclasses and pickling inside
-    # it can find their module.
-    module_name = f"wattless_user_workload_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
-    loader_spec = importlib.util.spec_from_file_location(module_name, path)
-    if loader_spec is None or loader_spec.loader is None:
-        raise WorkloadError(f"cannot import {path} as Python: give a .py file")
-    module = importlib.util.module_from_spec(loader_spec)
-    sys.modules[module_name] = module
     try:
-        loader_spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[module_name]
-        raise
-    return module
+        return import_python_file(Path(source))
+    except FileNotFoundError:
+        path = Path(source).expanduser().resolve()
+        raise WorkloadError(f"workload file {source!r} not found (looked at {path}): check the path in the spec") from None
 
 
 def _import_source(source: str) -> ModuleType:

@@ -1,0 +1,58 @@
+"""Reading what users hand us: Python files named by a spec, and TOML files validated by pydantic."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+import tomllib
+from pathlib import Path
+from types import ModuleType
+
+from pydantic import ValidationError
+
+__all__ = ["import_python_file", "read_toml", "validation_message"]
+
+
+def import_python_file(path: Path) -> ModuleType:
+    """Import a .py file under a unique, stable module name, registered before it runs (so dataclasses and
+    pickling inside it find their module). FileNotFoundError if it does not exist."""
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    name = f"wattless_user_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path} as Python: give a .py file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def read_toml(path: Path, what: str, error: type[Exception]) -> dict:
+    """The parsed file, or ``error`` saying what is wrong with it (missing, unreadable, not TOML)."""
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{what} {path} cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{what} {path} is not valid TOML: {exc}") from None
+
+
+def validation_message(exc: ValidationError, where: str, noun: str, unknown_hint: str) -> str:
+    """One line naming the file and every offending key: "recipe r.toml: key `a.b`: ..."."""
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = unknown_hint
+        parts.append(f"{noun} `{key}`: {msg}")
+    return f"{where}: " + "; ".join(parts)
