@@ -25,7 +25,7 @@ from torch import nn
 from wattless.energy.soft import ExpectedEnergy, unit_costs
 from wattless.energy.target import Target
 from wattless.errors import TrainingError
-from wattless.techniques.base import Technique
+from wattless.techniques.base import Technique, clear_soft_probs
 from wattless.techniques.distill import (DistillConfig, embedding_distillation, hidden_distillation,
                                          logit_distillation)
 from wattless.workloads import Split, Workload
@@ -272,6 +272,7 @@ def train(
                 saved = epoch + 1
             if on_epoch is not None:
                 on_epoch(epoch + 1, record)
+    clear_soft_probs(model)
     return TrainResult(
         epochs_run=settings.epochs - start_epoch, steps=step, final_loss=loss_value, resumed_from_epoch=resumed,
         energy_lambda=energy.lam if energy is not None else None,

@@ -27,7 +27,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-__all__ = ["TechniqueConfig", "Technique", "ApplyContext", "register", "apply_", "full_path", "HANDLERS"]
+__all__ = ["TechniqueConfig", "Technique", "ApplyContext", "register", "apply_", "full_path", "clear_soft_probs",
+           "HANDLERS"]
 
 
 class TechniqueConfig(BaseModel):
@@ -88,6 +89,13 @@ def apply_(model: nn.Module, config: TechniqueConfig, context: ApplyContext) -> 
         known = ", ".join(c.__name__ for c in HANDLERS)
         raise TypeError(f"no technique handles {type(config).__name__}; known configs: {known}")
     return handler(model, config, context)
+
+
+def clear_soft_probs(model: nn.Module) -> None:
+    """Drop the soft probabilities a training forward left on modules (they hold autograd graphs)."""
+    for m in model.modules():
+        if getattr(m, "wattless_soft_prob", None) is not None:
+            m.wattless_soft_prob = None
 
 
 @contextmanager
