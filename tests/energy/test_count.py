@@ -194,3 +194,21 @@ def test_element_ops_on_removed_channels_are_not_charged():
     assert pruned["1"]["ops"] == pytest.approx(0.5 * dense["ops"])
     assert pruned["1"]["act_read_bytes"] == pytest.approx(0.5 * dense["act_read_bytes"])
     assert pruned["2"]["act_read_bytes"] == pytest.approx(0.5 * 8 * 10 * 4)
+
+
+def test_weights_computed_in_forward_are_counted_per_layer_and_repeatably():
+    class Masked(nn.Linear):
+        def forward(self, x):
+            return F.linear(x, self.weight * self.keep)  # a new weight tensor every call
+
+    torch.manual_seed(0)
+    layers = [Masked(32, 32) for _ in range(3)]
+    for i, layer in enumerate(layers):
+        keep = torch.ones(32, 32)
+        keep[: 8 * i] = 0  # 0, 8 and 16 of the 32 output rows removed
+        layer.register_buffer("keep", keep)
+    model = nn.Sequential(*layers)
+    x = torch.randn(4, 32)
+    first, again = by_name(count(model, x)), by_name(count(model, x))
+    assert [first[str(i)]["kept_macs"] / first[str(i)]["macs"] for i in range(3)] == pytest.approx([1.0, 0.75, 0.5])
+    assert first == again

@@ -309,8 +309,11 @@ class _Tracer(TorchDispatchMode):
         return _packet(func) in _MATRIX and isinstance(getattr(module, "weight", None), torch.Tensor)
 
     def _weight_stats(self, w: torch.Tensor, conv: bool) -> _WeightStats:
+        # Only parameters are cached: a weight computed in forward (fake-quantized, masked) is a new tensor
+        # each call, and the allocator may hand its address to another layer's weight.
+        cacheable = _storage_key(w) in self.param_storages
         key = (w.data_ptr(), w._version, tuple(w.shape), tuple(w.stride()), conv)
-        hit = self._wcache.get(key)
+        hit = self._wcache.get(key) if cacheable else None
         if hit is not None:
             return hit
         density = _density(w)
@@ -323,7 +326,9 @@ class _Tracer(TorchDispatchMode):
                 rows = w.movedim(1, -1).reshape(-1, w.shape[1]) if conv else w.transpose(-2, -1).reshape(-1, w.shape[-2])
                 if _is_2_4(rows):
                     pattern = "2:4"
-        stats = self._wcache[key] = _WeightStats(density, pattern, kept_rows, kept_in, cols)
+        stats = _WeightStats(density, pattern, kept_rows, kept_in, cols)
+        if cacheable:
+            self._wcache[key] = stats
         return stats
 
     @staticmethod
