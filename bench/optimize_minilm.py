@@ -22,7 +22,8 @@ from rich.console import Console
 from rich.table import Table
 
 from wattless.baselines import OrtModule, export_onnx, ort_quantize_dynamic, ort_quantize_static, torch_dynamic_int8
-from wattless.optimize import optimize
+from wattless.optimize import load_run, optimize
+from wattless.recipe import load_recipe
 from wattless.techniques.quantize import ptq_int8_
 from wattless.workloads import get_workload
 
@@ -47,17 +48,32 @@ def baseline_rows(wl) -> list[dict]:
     return rows
 
 
+def reuse(run: Path, wl) -> dict:
+    """An existing run's metrics, evaluated again here; refused unless it ran this very recipe."""
+    same = lambda r: r.model_dump(exclude={"name", "description"})  # noqa: E731
+    if same(load_recipe(run / "recipe.toml")) != same(load_recipe(RECIPE)):
+        raise SystemExit(f"{run} did not run {RECIPE}; train it with this script instead")
+    model, _, _ = load_run(run, wl)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["metrics"] = wl.evaluate(model, wl.test)
+    return metrics
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="bench/out/minilm-int8")
     parser.add_argument("--json", default="bench/out/optimize_minilm.json")
+    parser.add_argument("--run", help="report an existing run of this recipe instead of training again")
     args = parser.parse_args()
     wl = get_workload("minilm")
     rows = baseline_rows(wl)
-    shutil.rmtree(args.out, ignore_errors=True)
-    start = time.perf_counter()
-    metrics = optimize(wl, RECIPE, args.out, baselines=False, energy_inputs=32)
-    wall_s = time.perf_counter() - start
+    if args.run:
+        metrics, wall_s = reuse(Path(args.run), wl), None
+    else:
+        shutil.rmtree(args.out, ignore_errors=True)
+        start = time.perf_counter()
+        metrics = optimize(wl, RECIPE, args.out, baselines=False, energy_inputs=32)
+        wall_s = time.perf_counter() - start
     rows.append({"name": "wattless minilm-int8 (QAT + distillation)", **metrics["metrics"]})
     table = Table(title="all-MiniLM-L6-v2, 256 test sentences: fidelity to fp32 (measured here)")
     for col in ("model", "mean cosine", "nearest-neighbour agreement"):
@@ -68,7 +84,8 @@ def main() -> None:
     console.print(table)
     ok = metrics["metrics"]["cosine"] >= 0.99 and metrics["metrics"]["nn_agreement"] >= 0.95
     console.print(f"goal cosine >= 0.99 and agreement >= 0.95: {'met' if ok else 'NOT met'}; "
-                  f"optimize took {wall_s:.0f} s; estimated energy on mobile-npu "
+                  + (f"optimize took {wall_s:.0f} s; " if wall_s else f"reported from {args.run}; ")
+                  + f"estimated energy on mobile-npu "
                   f"{metrics['energy_j']['mobile-npu'] * 1e6:.1f} uJ vs fp32 {metrics['baseline_energy_j']['mobile-npu'] * 1e6:.1f} uJ")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"rows": rows, "wall_s": wall_s, "goal_met": ok,
