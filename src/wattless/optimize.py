@@ -7,6 +7,7 @@ import copy
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -141,9 +142,13 @@ def optimize(
     energy_inputs: int = 64,
     cache: Path | None = None,
     baselines: bool = True,
+    on_epoch: Callable[[int, dict[str, float], nn.Module], None] | None = None,
 ) -> dict[str, Any]:
     """Apply ``recipe`` to ``workload``'s baseline, train, and write model.safetensors, recipe.toml and
-    metrics.json into ``out``. Returns the metrics. An interrupted run resumes from its checkpoint."""
+    metrics.json into ``out``. Returns the metrics. An interrupted run resumes from its checkpoint.
+
+    ``on_epoch(epoch, record, model)`` is called after each training epoch with the model being trained
+    (a search evaluates it there and may raise to stop a hopeless run; its checkpoint is kept)."""
     if isinstance(recipe, (str, Path)):
         where = str(recipe)
         recipe = load_recipe(recipe)
@@ -168,6 +173,8 @@ def optimize(
 
     torch.manual_seed(settings.seed)
     student = copy.deepcopy(baseline)
+    if not recipe.train.dropout:
+        _no_dropout(student)
     techniques = apply_recipe(student, recipe, context)
     samples = eval_samples(wl, energy_inputs)
     base_energy, base_macs = energy_by_target(baseline, samples)
@@ -179,7 +186,8 @@ def optimize(
                             budget_j=obj.energy_budget_uj * 1e-6 if obj.energy_budget_uj else None,
                             dual_lr=obj.dual_lr)
     result = train(student, wl, settings, techniques=techniques, teacher=teacher, distill=recipe.distill,
-                   energy=energy, run_dir=out, progress=progress)
+                   energy=energy, run_dir=out, progress=progress,
+                   on_epoch=None if on_epoch is None else lambda epoch, record: on_epoch(epoch, record, student))
     for tech in techniques:
         tech.finish(student, context)
     student.eval()
@@ -193,6 +201,12 @@ def optimize(
         report["ptq_int8"] = _ptq_int8(baseline, wl, samples)
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _no_dropout(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
 
 
 def _teacher(recipe: Recipe, baseline: nn.Module) -> nn.Module | None:

@@ -51,6 +51,7 @@ class TrainSection(BaseModel):
     seed: int = 0
     weight_decay: float = Field(0.0, ge=0)
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
+    dropout: bool = Field(True, description="false: dropout off in the student (distilling to a fixed teacher)")
 
 
 class Objective(BaseModel):

@@ -27,7 +27,7 @@ from wattless.energy.target import Target
 from wattless.errors import TrainingError
 from wattless.techniques.base import Technique, clear_soft_probs
 from wattless.techniques.distill import (DistillConfig, embedding_distillation, hidden_distillation,
-                                         logit_distillation)
+                                         logit_distillation, relation_distillation)
 from wattless.workloads import Split, Workload
 
 __all__ = ["TrainSettings", "EnergyTerm", "train", "model_output", "save_state", "load_state"]
@@ -179,8 +179,10 @@ def _loss(model: nn.Module, batch: Split, workload: Workload, techniques: list[T
         raw = model(**inputs, output_hidden_states=hidden)
         with torch.no_grad():
             t_raw = teacher(**inputs, output_hidden_states=hidden)
-        out = _pool(raw, inputs)
-        task = embedding_distillation(out, _pool(t_raw, inputs))
+        out, t_out = _pool(raw, inputs), _pool(t_raw, inputs)
+        task = embedding_distillation(out, t_out)
+        if distill is not None and distill.relation_weight:
+            task = task + distill.relation_weight * relation_distillation(out, t_out)
         if hidden:
             task = task + distill.hidden_weight * hidden_distillation(raw.hidden_states, t_raw.hidden_states)
     extras = {"logits": out, "targets": batch.targets}

@@ -20,6 +20,8 @@ class DistillConfig(TechniqueConfig):
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the distillation loss; 1 - alpha on the task loss")
     hidden_weight: float = Field(0.0, ge=0, description="weight of hidden-state matching (MSE)")
+    relation_weight: float = Field(
+        0.0, ge=0, description="encoders: weight of matching the in-batch cosine-similarity matrix (neighbour order)")
 
 
 def logit_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -32,6 +34,13 @@ def logit_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature
 def embedding_distillation(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """1 - mean cosine between student and teacher embeddings (B, D)."""
     return 1 - F.cosine_similarity(student, teacher, dim=-1).mean()
+
+
+def relation_distillation(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """MSE between the (B, B) cosine-similarity matrices of student and teacher embeddings: keeps which
+    sentence is nearest to which, what nearest-neighbour agreement measures."""
+    s, t = F.normalize(student, dim=-1), F.normalize(teacher, dim=-1)
+    return F.mse_loss(s @ s.T, t @ t.T)
 
 
 def hidden_distillation(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...]) -> torch.Tensor:
