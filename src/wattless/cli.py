@@ -229,6 +229,16 @@ def optimize(
     console.print(f"written to {out} (model.safetensors, recipe.toml, metrics.json)")
 
 
+def _register_more() -> None:
+    from wattless import commands_export, commands_search
+
+    commands_search.register(app)  # search, report, demo
+    commands_export.register(app)  # export, bench
+
+
+_register_more()
+
+
 def main() -> None:
     try:
         app()

@@ -13,6 +13,8 @@ __all__ = [
     "RecipeError",
     "TrainingError",
     "WorkloadError",
+    "SearchError",
+    "StorageError",
 ]
 
 
@@ -54,3 +56,28 @@ class RecipeError(WattlessError):
 
 class TrainingError(WattlessError):
     """Training that cannot go on (a NaN loss, a run directory that holds another run)."""
+
+
+class SearchError(WattlessError):
+    """A search that cannot start or go on: no budget, an output folder that holds another study, a study
+    in storage started with other settings."""
+
+
+class StorageError(SearchError):
+    """An Optuna storage URL that cannot be opened: malformed, unreachable, or its driver not installed."""
+
+
+class ExportError(WattlessError):
+    """A model or run directory that cannot be exported, or a file that is not a wattless export."""
+
+
+class ParityError(ExportError):
+    """An export whose outputs or metric differ from the PyTorch model beyond the stated tolerance."""
+
+
+class ModelInputError(InputError):
+    """An input an exported model cannot take: wrong shape, wrong dtype, NaN or infinite values."""
+
+
+class BenchError(WattlessError):
+    """A benchmark that cannot run as asked (no run for the workload, a runtime that fails to load)."""

@@ -1,0 +1,105 @@
+"""The command line of the search: `wattless search`, `wattless report DIR`, `wattless demo`.
+
+Thin shells over wattless.search, wattless.report and wattless.demo: parse, call, print. cli.py adds
+them with ``register(app)``. Bad input raises a WattlessError, which the CLI's main turns into a one-line
+message and exit code 2; Ctrl-C prints how to continue and exits with 130.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+__all__ = ["register", "search_command", "report_command", "demo_command"]
+
+_console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _interrupted(out: Path, command: str) -> None:
+    Console(stderr=True).print(
+        f"[yellow]interrupted:[/] the study is kept (finished trials and the running one's checkpoint); "
+        f"run `{command}` again to continue. Partial report: {out / 'report.html'}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=130)
+
+
+def _print_result(result, as_json: bool) -> None:
+    from wattless.demo import summary_line, summary_table
+
+    if as_json:
+        sys.stdout.write(json.dumps({"results": str(result.results_path), "report": str(result.report_path),
+                                     "trial_counts": result.trial_counts, "summary": result.summary,
+                                     "frontier": [{k: p[k] for k in ("trial", "metric", "energy_j", "recipe")}
+                                                  for p in result.frontier]}) + "\n")
+        return
+    _console.print(summary_table(result))
+    _console.print(summary_line(result), highlight=False)
+    _console.print(f"results: {result.results_path}\nreport:  {result.report_path}", highlight=False)
+
+
+def search_command(
+    workload: Annotated[str, typer.Option("--workload", "-w", help="mnist1d, digits, minilm, or path/to/file.py:factory")],
+    target: Annotated[str, typer.Option("--target", "-t", help="target name or .toml file the energy is estimated on")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="search folder (results, report, trial runs, default storage)")],
+    trials: Annotated[Optional[int], typer.Option("--trials", help="finished trials the study should hold")] = None,
+    minutes: Annotated[Optional[float], typer.Option("--minutes", help="time for this run; a trial still running then resumes next run")] = None,
+    storage: Annotated[Optional[str], typer.Option("--storage", help="Optuna storage URL (default sqlite:///OUT/study.db), e.g. postgresql://user:pw@host/db")] = None,
+    max_size_kib: Annotated[Optional[float], typer.Option("--max-size-kib", help="constraint: weights at their precision")] = None,
+    max_latency_ms: Annotated[Optional[float], typer.Option("--max-latency-ms", help="constraint: estimated latency on the target")] = None,
+    budget_uj: Annotated[Optional[float], typer.Option("--budget-uj", help="constraint: estimated microjoules per inference")] = None,
+    seed_recipe: Annotated[Optional[list[Path]], typer.Option("--seed-recipe", help="recipe TOML tried first; repeat (default: recipes/WORKLOAD-*.toml for the target)")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="epochs of each drawn recipe (seed recipes keep theirs)")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="processes on this machine sharing the study")] = 1,
+    energy_inputs: Annotated[int, typer.Option("--energy-inputs", help="test inputs each model's energy is counted on")] = 64,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bars")] = False,
+) -> None:
+    """Search recipes for the accuracy-versus-energy frontier on a target (resumable; shareable storage)."""
+    from wattless.recipe import load_recipe
+    from wattless.search import Constraints, SearchSpace, search
+
+    constraints = Constraints(max_size_bytes=max_size_kib * 1024 if max_size_kib else None,
+                              max_latency_s=max_latency_ms / 1000 if max_latency_ms else None,
+                              energy_budget_uj=budget_uj)
+    seeds = [load_recipe(p) for p in seed_recipe] if seed_recipe else None
+    try:
+        result = search(workload, target, out=out, trials=trials, minutes=minutes, storage=storage,
+                        constraints=constraints, space=SearchSpace(epochs=epochs), seeds=seeds, workers=workers,
+                        energy_inputs=energy_inputs, progress=not (no_progress or as_json), console=_console)
+    except KeyboardInterrupt:
+        _interrupted(out, "the same wattless search command")
+    _print_result(result, as_json)
+
+
+def report_command(
+    out: Annotated[Path, typer.Argument(help="a search folder holding results.json")],
+) -> None:
+    """Rebuild DIR/report.html (and its PNG plots) from DIR/results.json, without re-running anything."""
+    from wattless.report import build_report
+
+    _console.print(f"report: {build_report(out)}", highlight=False)
+
+
+def demo_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="demo folder (continued if it holds the demo's study)")] = Path("wattless-demo"),
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bars")] = False,
+) -> None:
+    """The main job: MNIST-1D on mobile-npu, baselines and a ~10-minute Pareto search, a summary and a report."""
+    from wattless.demo import demo
+
+    try:
+        result = demo(out, progress=not no_progress, console=_console)
+    except KeyboardInterrupt:
+        _interrupted(out, f"wattless demo --out {out}")
+    _print_result(result, as_json=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `search`, `report` and `demo` to the wattless command line."""
+    app.command("search")(search_command)
+    app.command("report")(report_command)
+    app.command("demo")(demo_command)
