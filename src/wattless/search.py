@@ -646,7 +646,7 @@ def _shown(url: str) -> str:
 
 def _open_storage(url: str) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats (a worker that dies mid-trial has the trial retried elsewhere)."""
-    from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
     engine: dict[str, Any] = {}
     if url.startswith("sqlite"):
@@ -659,10 +659,10 @@ def _open_storage(url: str) -> optuna.storages.RDBStorage:
                 with _quiet():
                     return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=30,
                                                       grace_period=120, heartbeat_stale_trial_callback=_requeue_stale)
-            except (IntegrityError, ProgrammingError):
+            except (IntegrityError, ProgrammingError, OperationalError) as exc:
                 # workers meeting a new database create Optuna's tables at the same moment: one wins, the
-                # others find the tables on the next try
-                if attempt == 4:
+                # others find the tables on the next try (SQLite says "table ... already exists")
+                if attempt == 4 or (isinstance(exc, OperationalError) and "already exists" not in str(exc)):
                     raise
                 time.sleep(0.5 + attempt)
     except (SQLAlchemyError, ImportError, ValueError, OSError, RuntimeError) as exc:
@@ -1403,9 +1403,12 @@ def search(
                 publish()
                 _work(study, ctx, _Budget(trials, deadline), view, after_trial=publish)
                 view.waiting(procs)
-                for p in procs:
-                    p.wait()
+                failed = [code for code in (p.wait() for p in procs) if code != 0]
                 view.progress(study.get_trials(deepcopy=False))
+            if failed:
+                warnings.warn(f"{len(failed)} worker process(es) stopped with exit codes {failed} (their error is "
+                              "printed above); their trials are resumable: run the same command again",
+                              RuntimeWarning, stacklevel=2)
             return publish()
         except KeyboardInterrupt:
             _stop(procs)
