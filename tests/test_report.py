@@ -38,7 +38,7 @@ RECIPE = {"name": "search-1", "target": TARGET, "train": {"epochs": 60}, "object
 
 def point(trial: int, metric: float, energy: float) -> dict:
     steps, e = [], 1e-7
-    for name, factor in (("pruning", 8.0), ("activation sparsity", 1.5), ("quantization", 3.0),
+    for name, factor in (("pruning", 8.0), ("quantization", 3.0), ("activation sparsity", 1.5),
                          ("early exits and routing", 1.2)):
         e /= factor
         steps.append({"technique": name, "factor": factor, "energy_j_after": e})

@@ -363,11 +363,11 @@ def _contributions_html(point: dict[str, Any]) -> str:
                      _e(_did(s["technique"], point.get("techniques", {})))])
     return _table(["step", "factor", "energy after", "what it did"], rows) + (
         f"<p class='note'>Each step re-prices the trained model of trial {point['trial']} on {c['inputs']} test inputs "
-        "with one technique's effect switched on: <i>pruning</i> compares the fp32 baseline and this model both priced "
-        "at fp32 with every activation computed (structure alone); <i>activation sparsity</i> is the zero-skipping this "
-        "model gets beyond what the baseline's ReLUs already give; <i>quantization</i> prices its own bit widths instead "
-        "of fp32; <i>early exits and routing</i> counts each input's actual path instead of every unit. The factors "
-        "multiply to the whole saving. Distillation and the energy weight act through training, so they show in these "
+        "with one more technique's effect switched on: <i>pruning</i> compares the fp32 baseline and this model both "
+        "priced at fp32 with every activation computed (structure alone); <i>quantization</i> prices its own bit widths "
+        "instead of fp32; <i>activation sparsity</i> is the zero-skipping this model gets beyond what the baseline's "
+        "ReLUs already give; <i>early exits and routing</i> counts each input's actual path instead of every unit. The "
+        "factors multiply to the whole saving. Distillation and the energy weight act through training, so they show in "
         "steps rather than as steps of their own.</p>")
 
 
