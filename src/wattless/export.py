@@ -1207,8 +1207,10 @@ def _notes(model: nn.Module, ctx: _Ctx) -> list[str]:
     zeros = sum(int((w == 0).sum()) for w in kept) / max(1, sum(w.size for w in kept))
     if zeros > 0.05:
         notes.append("zero weights (unstructured or 2:4) are stored dense: ONNX Runtime has no sparse CPU kernel")
-    if isinstance(model, EarlyExitModel):
-        notes.append("structured units are not cut in early-exit models (exit heads read the blocks' channels)")
+    dead_rows = any(bool((w.reshape(w.shape[0], -1) == 0).all(1).any()) for w in kept if w.ndim > 1)
+    if isinstance(model, EarlyExitModel) and dead_rows:
+        notes.append("structurally pruned units stay as zeros in early-exit models (exit heads read the blocks' "
+                     "channels, so no unit is cut)")
     return notes
 
 
