@@ -19,9 +19,16 @@ from wattless.train import TrainSettings, train
 from tests.tiny_workload import tiny
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread beats two contending ones
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
-    torch.set_num_threads(1)
     wl = tiny()
     model = wl.build_model()
     handle = apply_(model, QuantConfig(), ApplyContext(example_input=wl.train.inputs[:64]))

@@ -447,7 +447,7 @@ def _result(wl: Any, rows: list[dict[str, Any]], batches: list[int], threads: in
         "threads": threads, "batches": batches, "warmup": warmup, "repeats": repeats, "seq_len": seq_len,
         "rounds": rounds,
         "isolated_processes": isolate,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "onnxruntime": onnxruntime.__version__,
                     "load_average_start": list(load_start), "load_average_end": list(os.getloadavg())},
@@ -457,6 +457,17 @@ def _result(wl: Any, rows: list[dict[str, Any]], batches: list[int], threads: in
         "export": export_report.to_json() if export_report is not None else None,
         "rows": rows,
     }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def guard_lines(result: dict[str, Any]) -> list[str]:

@@ -15,6 +15,10 @@ __all__ = [
     "WorkloadError",
     "SearchError",
     "StorageError",
+    "ExportError",
+    "ParityError",
+    "ModelInputError",
+    "BenchError",
 ]
 
 

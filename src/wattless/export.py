@@ -9,6 +9,7 @@ What the file holds (docs/EXPORT.md has the whole story):
   uint8; signed codes ride on zero point 128, which is exact), the weight is stored as its int8 codes with
   one scale per output channel, and the product runs in ``MatMulIntegerToFloat`` (com.microsoft) or
   ``ConvInteger``; bits below 8 are the same codes in int8 containers (exact), with a Clip for activations.
+  A conv feeding only the next quantizer can become one ``QLinearConv`` (requantize; see export_model).
   A layer with 4-bit weights and float activations runs ONNX Runtime's ``MatMulNBits``.
 - Structurally pruned channels, neurons and heads are cut out of the tensors (smaller shapes, fewer MACs);
   unstructured and 2:4 zeros stay as zeros in dense tensors (ONNX Runtime has no sparse CPU kernel).
@@ -17,8 +18,8 @@ What the file holds (docs/EXPORT.md has the whole story):
   ``TopK`` and run every expert only on its own tokens (``NonZero`` + ``Gather`` + ``ScatterND`` add).
   Extra outputs ``exit`` and ``route.*`` say which path each input took.
 - Sentence encoders (BERT, e.g. the ``minilm`` workload) take ``input_ids`` of one length per batch, with no
-  padding and no mask, and return the mean-pooled, L2-normalised sentence embedding; attention and layer
-  norms use ONNX Runtime's fused ``MultiHeadAttention`` and ``SkipLayerNormalization`` kernels.
+  padding and no mask, and return the mean-pooled, L2-normalised sentence embedding; attention runs ONNX
+  Runtime's fused ``MultiHeadAttention``, the word table is int8 rows (``GatherBlockQuantized``).
 
 Every export ends with a parity check against the PyTorch model (outputs and the workload's metric on its
 eval split); the file appears at ``out`` only when it passes, written atomically.
@@ -250,10 +251,13 @@ def _quantize_input(g: _Graph, x: str, m: nn.Module, hint: str) -> tuple[str, st
     from wattless.techniques.quantize import act_scale
 
     step, _, signed = act_scale(m)
-    bits = m.act_bits
+    return _quantize(g, x, step, m.act_bits, signed, hint)
+
+
+def _quantize(g: _Graph, x: str, step: float, bits: int, signed: bool, hint: str) -> tuple[str, str, str]:
     lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
     scale = g.const(step, f"{hint}.act_scale")
-    zero = g.const(128 if signed else 0, f"{hint}.act_zero", _U8)
+    zero = g.const(128 if signed else 0, f"{hint}.act_zero", _U8)  # signed codes ride on 128: exact
     if bits < 8:  # clip to the k-bit range first: round(clip(x)) = clip(round(x)) at these bounds
         x = g.op("Clip", [x, g.const(lo * step, f"{hint}.lo"), g.const(hi * step, f"{hint}.hi")], hint)
     return g.op("QuantizeLinear", [x, scale, zero], hint), scale, zero
