@@ -53,7 +53,8 @@ def baseline_model(workload: Workload, *, progress: bool = True, cache: Path | N
         return model, workload.evaluate(model, workload.test)
     settings = _settings(workload)
     folder = (cache or cache_dir()) / "baselines"
-    stem = f"{workload.name}-{_arch_key(model)}-e{settings.epochs}-s{settings.seed}"
+    threads = f"-t{workload.train_threads}" if workload.train_threads else ""
+    stem = f"{workload.name}-{_arch_key(model)}-e{settings.epochs}-s{settings.seed}{threads}"
     weights, info = folder / f"{stem}.safetensors", folder / f"{stem}.json"
     if weights.exists() and info.exists():
         try:

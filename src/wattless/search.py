@@ -45,6 +45,7 @@ from wattless.energy import Counts, Target, count_each, estimate, resolve_target
 from wattless.errors import SearchError, StorageError, WattlessError
 from wattless.optimize import baseline_model, energy_by_target, eval_samples, load_run, optimize
 from wattless.recipe import Recipe, load_recipe, parse_recipe
+from wattless.train import torch_threads
 from wattless.techniques import ApplyContext, ExitConfig, MoEConfig, apply_, full_path
 from wattless.techniques.moe import MoEMLP, find_mlp_blocks
 from wattless.workloads import Workload, get_workload
@@ -1314,17 +1315,6 @@ def _stop(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
             p.wait()
 
 
-@contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def search(
     workload: str | Workload,
     target: str,
@@ -1372,7 +1362,7 @@ def search(
     if storage is None:
         out.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
-    with _quiet(), _threads(threads):
+    with _quiet(), torch_threads(threads):
         store = _open_storage(url)
         found = default_seeds(wl.name, tgt.name) if seeds is None else seeds
         seeds = [_for_target(s, tgt.name) for s in found]

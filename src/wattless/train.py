@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from wattless.techniques.distill import (DistillConfig, embedding_distillation, 
                                          logit_distillation, relation_distillation)
 from wattless.workloads import Split, Workload
 
-__all__ = ["TrainSettings", "EnergyTerm", "train", "model_output", "save_state", "load_state"]
+__all__ = ["TrainSettings", "EnergyTerm", "train", "model_output", "save_state", "load_state", "torch_threads"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,18 @@ class EnergyTerm:
     def dual_step(self) -> None:
         if self.budget_j is not None and math.isfinite(self.last_j):
             self.lam = max(0.0, self.lam + self.dual_lr * (self.last_j / self.budget_j - 1.0))
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to n inside the block (None: left as it is)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # --- checkpoints ----------------------------------------------------------------------------------------
@@ -206,7 +219,14 @@ def train(
     progress: bool = True,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place; checkpoints under run_dir/checkpoint, resumed from if present."""
+    """Train ``model`` in place; checkpoints under run_dir/checkpoint, resumed from if present. Runs on the
+    workload's ``train_threads``."""
+    with torch_threads(workload.train_threads):
+        return _train(model, workload, settings, techniques, teacher, distill, energy, run_dir, progress, on_epoch)
+
+
+def _train(model, workload, settings, techniques, teacher, distill, energy, run_dir, progress,
+           on_epoch) -> TrainResult:
     torch.manual_seed(settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -291,3 +291,118 @@ def test_state_dicts_round_trip_through_safetensors_and_float_checkpoints_load_s
             p.add_(1.0)  # steps and weights both off
     quantized.load_state_dict(mlp().state_dict())  # strict; the missing steps re-initialise on next forward
     assert torch.equal(quantized(x), reference(x))
+
+
+# --- per-token activations, smoothing, weight-step start ----------------------------------------------------
+
+def outlier_mlp() -> tuple[nn.Module, torch.Tensor]:
+    """Two layers reading one input whose channel 3 is 50x the others (the outliers SmoothQuant moves)."""
+    torch.manual_seed(0)
+
+    class Fork(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.out = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(32, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, 16)
+            return self.out(torch.cat([self.a(x), self.b(x)], -1))
+
+    x = torch.randn(8, 5, 16)
+    x[..., 3] *= 50
+    return Fork(), x
+
+
+def test_per_token_codes_fit_k_bits_per_row_and_zero_stays_exact():
+    layer = nn.Linear(16, 6)
+    quantize(layer, torch.randn(4, 16), act_bits=4, act_granularity="token")
+    x = torch.randn(3, 7, 16) * torch.linspace(0.1, 10, 7)[:, None]  # rows of very different scales
+    x[0, 0, :4] = 0
+    q = layer._quantize_input(x)
+    assert torch.equal(q[0, 0, :4], torch.zeros(4))
+    for row in q.reshape(-1, 16):
+        assert row.unique().numel() <= 2**4
+    assert not hasattr(layer, "act_step")  # no per-tensor step: each row sets its own at run time
+    assert float((q - x).abs().amax(-1).div(x.abs().amax(-1)).max()) < 0.15
+
+
+def test_per_token_beats_per_tensor_on_rows_of_different_scales():
+    torch.manual_seed(0)
+    model, x = mlp(), torch.randn(64, 32) * torch.logspace(-2, 1, 64)[:, None]
+    ref = model(x)
+    quantize(model, x)
+    err_tensor = rel_err(model(x), ref)
+    per_token = mlp()
+    quantize(per_token, x, act_granularity="token")
+    assert rel_err(per_token(x), ref) < err_tensor / 2
+
+
+def test_smoothing_moves_outliers_into_weights_and_keeps_the_float_function():
+    model, x = outlier_mlp()
+    ref = model(x)
+    quantize(model, x, act_granularity="token", smooth=0.5)
+    a, b = model.a, model.b
+    assert torch.equal(a.smooth_factor, b.smooth_factor)  # one input, one factor (folds into the op before)
+    assert int(a.smooth_factor.argmax()) == 3
+    folded = (x / a.smooth_factor) @ (a.weight * a.smooth_factor).T + a.bias
+    assert torch.allclose(folded, x @ a.weight.T + a.bias, atol=1e-3)
+    smoothed_err = rel_err(model(x), ref)
+    plain, _ = outlier_mlp()
+    quantize(plain, x, act_granularity="token")
+    assert smoothed_err < rel_err(plain(x), ref)
+
+
+def test_smoothed_integer_weights_are_the_weights_the_layer_rounds():
+    model, x = outlier_mlp()
+    quantize(model, x, act_granularity="token", smooth=0.5, smooth_skip=["out"])
+    assert model.out.smooth_factor is None
+    codes, scale = integer_weights(model.a)
+    assert torch.equal(codes.float() * scale[:, None], used_weight(model.a, x))
+    with pytest.raises(QuantizeError, match="per token"):
+        act_scale(model.a)
+
+
+def test_max_weight_start_never_clips_and_lsq_start_may():
+    layer = nn.Linear(256, 4)
+    with torch.no_grad():
+        layer.weight.normal_()
+        layer.weight[:, 0] = 40  # a heavy tail
+    quantize(layer, torch.randn(2, 256), weight_step_init="max")
+    qp = 127
+    assert torch.allclose(layer.weight_step * qp, layer.weight.abs().amax(1))
+    lsq = nn.Linear(256, 4)
+    lsq.load_state_dict({"weight": layer.weight.detach(), "bias": layer.bias.detach()})
+    quantize(lsq, torch.randn(2, 256))
+    assert bool((lsq.weight_step * qp < lsq.weight.abs().amax(1)).all())
+
+
+def test_smoothed_per_token_state_round_trips(tmp_path):
+    from wattless.train import load_state, save_state
+
+    model, x = outlier_mlp()
+    quantize(model, x, act_granularity="token", smooth=0.5)
+    save_state(model, tmp_path / "m.safetensors")
+    again, _ = outlier_mlp()
+    quantize(again, x * 3, act_granularity="token", smooth=0.5)  # other statistics, replaced by the load
+    load_state(again, tmp_path / "m.safetensors")
+    assert torch.equal(again.a.smooth_factor, model.a.smooth_factor)
+    assert torch.equal(again(x), model(x))
+
+
+def test_smooth_skip_without_smooth_and_a_bad_granularity_are_errors():
+    with pytest.raises(ValidationError, match="smooth_skip"):
+        QuantConfig(smooth_skip=["a"])
+    with pytest.raises(ValidationError, match="act_granularity"):
+        QuantConfig(act_granularity="channel")
+    with pytest.raises(ValidationError, match="smooth"):
+        QuantConfig(smooth=1.5)
+
+
+def test_an_override_written_out_keeps_only_the_bits_it_gives():
+    from wattless.recipe import parse_recipe
+
+    recipe = parse_recipe({"quantize": {"weight_bits": 4, "act_bits": 4, "overrides": {"fc": {"weight_bits": 2}}}})
+    again = parse_recipe(recipe.to_dict())
+    assert recipe.to_dict()["quantize"]["overrides"] == {"fc": {"weight_bits": 2}}
+    from wattless.techniques.quantize import _layer_bits
+
+    assert _layer_bits("fc", again.quantize) == (2, 4)  # act bits still from the config, not a default 8

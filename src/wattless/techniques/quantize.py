@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -53,6 +53,12 @@ class LayerBits(BaseModel):
     weight_bits: int = Field(8, ge=2, le=8)
     act_bits: int | None = Field(8, ge=2, le=8)  # None: this layer's input stays float
 
+    @model_serializer(mode="wrap")
+    def _given_only(self, handler) -> dict[str, Any]:
+        """Written out (a run's recipe.toml, a search trial's seed), an override keeps only the bits it gives:
+        the ones it leaves out still come from the config when it is read back."""
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
+
 
 class QuantConfig(TechniqueConfig):
     """Fake-quantize every Linear / Conv1d / Conv2d for quantization-aware training."""
@@ -64,6 +70,25 @@ class QuantConfig(TechniqueConfig):
     learn_step: bool = True  # LSQ; False: weight step = max|w| / Qp, activation step = running max
     overrides: dict[str, LayerBits] = {}  # fnmatch glob over module names -> bits; later globs win
     skip: list[str] = []  # globs of module names left in float
+    # "token": a Linear's input rounded per row (one token, one vector) on a step and zero point taken from
+    # that row at run time (asymmetric, dynamic); conv layers keep one learned step per tensor.
+    act_granularity: Literal["tensor", "token"] = "tensor"
+    # SmoothQuant's migration strength a (Xiao et al. 2023, arXiv:2211.10438): per input channel j of a Linear,
+    # s_j = max|x_j|^a / max|w_j|^(1-a) from calibration batches, and the layer computes (x / s)(s w), moving
+    # activation outliers into the weights. Layers reading one tensor (Q, K, V) share one s, so it folds into
+    # the op before them at deployment. None: no smoothing.
+    smooth: float | None = Field(None, gt=0, lt=1)
+    smooth_skip: list[str] = []  # globs of Linear layers left unsmoothed
+    smooth_batches: int = Field(8, ge=1)  # calibration batches for the smoothing statistics
+    # Initial learned weight step: "lsq" (2 mean|w| / sqrt(Qp), capped at max|w| / Qp) or "max" (max|w| / Qp,
+    # never clips: better for heavy-tailed pretrained weights at 8 bits).
+    weight_step_init: Literal["lsq", "max"] = "lsq"
+
+    @model_validator(mode="after")
+    def _smooth_needs_linear_act(self) -> "QuantConfig":
+        if self.smooth_skip and self.smooth is None:
+            raise ValueError("smooth_skip is given but smooth is not set: set smooth (e.g. 0.5) or drop smooth_skip")
+        return self
 
 
 # --- fake quantization ------------------------------------------------------------------------------
@@ -122,12 +147,19 @@ class _QuantMixin:
     _signed: bool
 
     def _setup(self, weight_bits: int, act_bits: int | None, per_channel: bool, learn_step: bool,
-               act_init: str | float) -> None:
+               act_init: str | float, *, per_token: bool = False, smooth: torch.Tensor | None = None,
+               weight_init: str = "lsq") -> None:
         self.weight_bits, self.act_bits, self.per_channel, self.learn_step = (
             weight_bits, act_bits, per_channel, learn_step)
         self._act_init, self.steps_frozen, self._steps_ready = act_init, False, False
+        self.per_token = per_token and act_bits is not None and isinstance(self, nn.Linear)
+        self._weight_init = weight_init
         self.wattless_weight_precision = f"int{weight_bits}"
         w = self.weight.detach()
+        if smooth is not None:
+            self.register_buffer("smooth_factor", smooth.to(w.device, w.dtype).clone())
+        else:
+            self.smooth_factor = None
         if learn_step:
             steps = w.shape[0] if per_channel else 1
             self.weight_step = nn.Parameter(torch.zeros(steps, dtype=w.dtype, device=w.device))
@@ -135,6 +167,7 @@ class _QuantMixin:
             self.register_parameter("weight_step", None)
         if act_bits is not None:
             self.wattless_act_precision = f"int{act_bits}"
+        if act_bits is not None and not self.per_token:
             step = torch.zeros((), dtype=w.dtype, device=w.device)
             if learn_step:
                 self.act_step = nn.Parameter(step)
@@ -149,9 +182,14 @@ class _QuantMixin:
     def _init_weight_step(self) -> None:
         if self.weight_step is None:
             return
-        w = self.weight.detach()
+        w = self._smoothed(self.weight.detach())
         a = w.abs().flatten(1) if self.per_channel else w.abs().reshape(1, -1)  # (steps, N)
-        self.weight_step.copy_(_lsq_init(a, _signed_range(self.weight_bits)[1]))
+        qp = _signed_range(self.weight_bits)[1]
+        self.weight_step.copy_(a.amax(1) / qp if self._weight_init == "max" else _lsq_init(a, qp))
+
+    def _smoothed(self, w: torch.Tensor) -> torch.Tensor:
+        """The weight the layer rounds: w * s along the input channels when smoothed."""
+        return w if self.smooth_factor is None else w * self.smooth_factor
 
     def _weight_scale(self, w: torch.Tensor) -> torch.Tensor:
         """The step each weight is rounded to, shaped (out, 1, ...) or (1, 1, ...) to broadcast over w."""
@@ -179,7 +217,6 @@ class _QuantMixin:
     def _observe_input(self, x: torch.Tensor) -> None:
         """Set the activation step from the first input; without LSQ, track a running max while training."""
         if not self._steps_ready:
-            self._init_weight_step()
             self._signed = bool((x < 0).any())
             self.act_signed.fill_(self._signed)
             self.act_step.copy_(_step_estimate(x, self._act_range()[1], self._act_init))
@@ -192,7 +229,19 @@ class _QuantMixin:
             s = _ScaleGrad.apply(s, 1 / math.sqrt(x.numel() * self._act_range()[1]))
         return s.clamp_min(torch.finfo(s.dtype).tiny)
 
+    def _quantize_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Each row (token) of x on its own asymmetric grid: [min, max] of the row (zero included) in
+        2^k - 1 steps, the zero point rounded so that 0 is exact."""
+        levels = 2**self.act_bits - 1
+        with torch.no_grad():
+            lo, hi = x.amin(-1, keepdim=True).clamp(max=0), x.amax(-1, keepdim=True).clamp(min=0)
+            s = ((hi - lo) / levels).clamp_min(torch.finfo(x.dtype).tiny)
+            z = (-lo / s).round()
+        return (_round_ste(x / s + z).clamp(0, levels) - z) * s
+
     def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.per_token:
+            return self._quantize_tokens(x)
         self._observe_input(x)
         qn, qp = self._act_range()
         s = self._act_step_value(x)
@@ -202,9 +251,11 @@ class _QuantMixin:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight  # read now: a parametrization on weight (a pruning mask) applies first
         with uncounted():  # simulated integer arithmetic: deployment never runs it
+            if self.smooth_factor is not None:  # folded into the op before this layer at deployment
+                x, w = x / self.smooth_factor, self._smoothed(w)
             if self.act_bits is not None:
                 x = self._quantize_input(x)
-            elif not self._steps_ready:
+            if not self._steps_ready:
                 self._init_weight_step()
             self._steps_ready = True
             s = self._weight_scale(w)
@@ -223,17 +274,19 @@ class _QuantMixin:
         seen = len(missing_keys)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
-        ours = {prefix + k for k in ("weight_step", "act_step", "act_signed")}
+        ours = {prefix + k for k in ("weight_step", "act_step", "act_signed", "smooth_factor")}
         missing = [k for k in missing_keys[seen:] if k in ours]
         for key in missing:  # a float checkpoint: keep loading, re-initialise the steps at the next forward
             missing_keys.remove(key)
         self._steps_ready = not missing
-        if self.act_bits is not None:
+        if self.act_bits is not None and not self.per_token:
             self._signed = bool(self.act_signed)
 
     def extra_repr(self) -> str:
         act = f"int{self.act_bits}" if self.act_bits is not None else "float"
-        return f"{super().extra_repr()}, weight=int{self.weight_bits}, act={act}"
+        act += " per token" if self.per_token else ""
+        smooth = ", smoothed" if self.smooth_factor is not None else ""
+        return f"{super().extra_repr()}, weight=int{self.weight_bits}, act={act}{smooth}"
 
 
 class QuantLinear(_QuantMixin, nn.Linear):
@@ -318,8 +371,54 @@ def _calibrate(model: nn.Module, example_input: Any) -> None:
         model.train(was_training)
 
 
+@torch.no_grad()
+def _smoothing_factors(model: nn.Module, layers: dict[str, nn.Module], alpha: float,
+                       batches: list[Any]) -> dict[str, torch.Tensor]:
+    """SmoothQuant factors (in_features,) per layer from max|x_j| over ``batches`` (float model). Layers
+    fed the same tensor form one group with one factor, over the largest weight of the group."""
+    amax: dict[str, torch.Tensor] = {}
+    feeds: dict[str, torch.Tensor] = {}  # each layer's first input, held so no two share an address by reuse
+
+    def hook(name: str):
+        def observe(_module: nn.Module, args: tuple) -> None:
+            x = args[0].detach()
+            m = x.abs().reshape(-1, x.shape[-1]).amax(0).float()
+            amax[name] = torch.maximum(amax[name], m) if name in amax else m
+            feeds.setdefault(name, x)
+        return observe
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
+    try:
+        for batch in batches:
+            _calibrate(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    groups: dict[tuple, list[str]] = {}
+    for name in amax:
+        x = feeds[name]
+        groups.setdefault((x.data_ptr(), tuple(x.shape), x.stride()), []).append(name)
+    feeds.clear()
+    factors = {}
+    for names in groups.values():
+        x_max = torch.stack([amax[n] for n in names]).amax(0)
+        w_max = torch.stack([layers[n].weight.detach().abs().amax(0).float() for n in names]).amax(0)
+        s = x_max.clamp_min(1e-5).pow(alpha) / w_max.clamp_min(1e-5).pow(1 - alpha)
+        factors.update({n: s.clamp(1e-5, 1e5) for n in names})
+    return factors
+
+
+def _calibration_batches(context: ApplyContext | None, example_input: Any, n: int) -> list[Any]:
+    """Up to n training batches (inputs only), else the example input."""
+    if context is not None and context.train_batches is not None:
+        found = [inputs for _, (inputs, _) in zip(range(n), context.train_batches())]
+        if found:
+            return found
+    return [example_input]
+
+
 def _quantize_layers(model: nn.Module, config: QuantConfig, example_input: Any,
-                     act_init: str | float) -> "Quantization":
+                     act_init: str | float, context: ApplyContext | None = None) -> "Quantization":
     if any(isinstance(m, _QuantMixin) for m in model.modules()):
         raise QuantizeError(
             "the model is quantized already; quantize a fresh float copy, and give per-layer bits through "
@@ -329,12 +428,23 @@ def _quantize_layers(model: nn.Module, config: QuantConfig, example_input: Any,
     names = list(layers)
     _check_globs(config.skip, names, "skip")
     _check_globs(list(config.overrides), names, "overrides")
+    _check_globs(config.smooth_skip, names, "smooth_skip")
     left_float = [n for n in names if any(fnmatchcase(n, g) for g in config.skip)]
+    factors: dict[str, torch.Tensor] = {}
+    if config.smooth is not None:
+        smoothed = {n: m for n, m in layers.items() if isinstance(m, nn.Linear) and n not in left_float
+                    and not any(fnmatchcase(n, g) for g in config.smooth_skip)}
+        if example_input is None and (context is None or context.train_batches is None):
+            raise QuantizeError("smoothing needs calibration inputs: give the context an example input or batches")
+        batches = _calibration_batches(context, example_input, config.smooth_batches)
+        factors = _smoothing_factors(model, smoothed, config.smooth, batches)
     for name in names:
         if name not in left_float:
             module = layers[name]
             module.__class__ = _quant_class(module)
-            module._setup(*_layer_bits(name, config), config.per_channel, config.learn_step, act_init)
+            module._setup(*_layer_bits(name, config), config.per_channel, config.learn_step, act_init,
+                          per_token=config.act_granularity == "token", smooth=factors.get(name),
+                          weight_init=config.weight_step_init)
     if example_input is not None:
         _calibrate(model, example_input)
     return Quantization(left_float)
@@ -342,7 +452,7 @@ def _quantize_layers(model: nn.Module, config: QuantConfig, example_input: Any,
 
 @register(QuantConfig)
 def _apply_quantization(model: nn.Module, config: QuantConfig, context: ApplyContext) -> "Quantization":
-    return _quantize_layers(model, config, context.example_input, "lsq" if config.learn_step else "max")
+    return _quantize_layers(model, config, context.example_input, "lsq" if config.learn_step else "max", context)
 
 
 def ptq_int8_(model: nn.Module, calibration_inputs: Any, *, act_range: Literal["max", "percentile"] = "max",
@@ -399,7 +509,7 @@ def integer_weights(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
             "this layer's steps are not set: it has not run since it was quantized or since a float state "
             "dict was loaded; run one forward pass on example inputs first"
         )
-    w = layer.weight
+    w = layer._smoothed(layer.weight)  # a smoothed layer rounds w * s (its input is divided by s)
     s = layer._weight_scale(w)  # (out, 1, ...)
     codes = layer._weight_codes(w, s)
     return codes.to(torch.int8), s.flatten().expand(w.shape[0]).clone()
@@ -412,6 +522,8 @@ def act_scale(module: nn.Module) -> tuple[float, int, bool]:
     layer = _quantized(module)
     if layer.act_bits is None:
         raise QuantizeError("this layer's input is not quantized (act_bits=None): export it as float")
+    if layer.per_token:
+        raise QuantizeError("this layer quantizes its input per token at run time: it has no fixed input scale")
     if not layer._steps_ready:
         raise QuantizeError(
             "this layer has not seen an input yet: run one forward pass on example inputs first"

@@ -70,12 +70,18 @@ class Workload:
     default_lr: float = 1e-3
     prepare_inputs: Callable[[Any], Any] = field(default=lambda inputs: inputs)
     description: str = ""
+    # Threads training runs on (None: torch's default). CPU float sums depend on how work is split over
+    # threads, so a tiny model trained on 1 and on 2 threads ends up a different model; a fixed count makes
+    # its baseline and recipes the same on every machine.
+    train_threads: int | None = None
 
     def __post_init__(self) -> None:
         if not self.metric_name:
             raise WorkloadError(
                 f"workload {self.name!r} has an empty metric_name: name the metric its evaluate returns"
             )
+        if self.train_threads is not None and self.train_threads < 1:
+            raise WorkloadError(f"workload {self.name!r} has train_threads={self.train_threads}: give >= 1 or None")
         if self.batch_size < 1 or self.default_epochs < 0:
             raise WorkloadError(
                 f"workload {self.name!r} has batch_size={self.batch_size}, "

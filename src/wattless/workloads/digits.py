@@ -86,5 +86,6 @@ def load_digits_workload(seed: int = 0) -> Workload:
         default_epochs=20,
         batch_size=_BATCH_SIZE,
         default_lr=3e-3,
+        train_threads=1,  # tiny: one thread is as fast, and the same model on every machine
         description=f"sklearn digits, {len(train)}/{len(val)}/{len(test)} 8x8 images in [0, 1], 10 classes",
     )
