@@ -253,10 +253,23 @@ def wait_for_running_checkpoint(out: Path, proc: subprocess.Popen, completed: in
     raise AssertionError("no running trial with a checkpoint in time")
 
 
-def test_killed_search_continues_with_the_same_command(tmp_path):
+def test_ctrl_c_then_a_kill_and_the_same_command_finishes_the_study(tmp_path):
+    """Ctrl-C (a resumable study and a partial report), then SIGKILL mid-trial, then the same command: no
+    finished trial is lost or run twice, and each stopped trial is continued once from its checkpoint."""
     out, seed = tmp_path / "s", seed_file(tmp_path, epochs=12)
-    args = cli_args(out, seed, trials=4, epochs=12)
-    env = {**os.environ}
+    args, env = cli_args(out, seed, trials=4, epochs=12), {**os.environ}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        stopped = wait_for_running_checkpoint(out, proc, completed=1)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "run `the same wattless search command` again" in err
+    trials = load(out).trials
+    assert trials[stopped].state.name == "FAIL" and trials[stopped].user_attrs["interrupted"] == "interrupted"
+    assert [t.state.name for t in trials if t.user_attrs.get("resumes") == stopped] == ["WAITING"]
+    assert json.loads((out / "results.json").read_text())["frontier"] and (out / "report.html").exists()
+
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         killed = wait_for_running_checkpoint(out, proc, completed=2)
@@ -270,8 +283,9 @@ def test_killed_search_continues_with_the_same_command(tmp_path):
     trials = load(out).trials
     assert {t.number: t.values for t in trials if t.number in before} == before  # finished trials kept
     assert trials[killed].state.name == "FAIL"
-    resumed = [t for t in trials if t.user_attrs.get("resumes") == killed]
-    assert len(resumed) == 1 and resumed[0].state.name in ("COMPLETE", "PRUNED")  # continued once, not twice
+    for number in (stopped, killed):
+        resumed = [t for t in trials if t.user_attrs.get("resumes") == number]
+        assert len(resumed) == 1 and resumed[0].state.name in ("COMPLETE", "PRUNED")  # continued once
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 4
     assert sum(t.user_attrs.get("seed") == "tiny-seed" for t in trials) == 1  # the seed was not enqueued again
     metrics = out / "trials" / str(resumed[0].number) / "metrics.json"
@@ -280,20 +294,32 @@ def test_killed_search_continues_with_the_same_command(tmp_path):
     assert json.loads((out / "results.json").read_text())["frontier"]
 
 
-def test_ctrl_c_leaves_a_resumable_study_and_a_partial_report(tmp_path):
-    out, seed = tmp_path / "s", seed_file(tmp_path, epochs=12)
-    proc = subprocess.Popen(cli_args(out, seed, trials=3, epochs=12), env={**os.environ}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        stopped = wait_for_running_checkpoint(out, proc, completed=1)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "run `the same wattless search command` again" in err
-    trials = load(out).trials
-    assert trials[stopped].state.name == "FAIL" and trials[stopped].user_attrs["interrupted"] == "interrupted"
-    assert [t.state.name for t in trials if t.user_attrs.get("resumes") == stopped] == ["WAITING"]
-    assert json.loads((out / "results.json").read_text())["frontier"] and (out / "report.html").exists()
+def test_a_second_ctrl_c_cannot_cut_the_shutdown_short():
+    from wattless.search import _one_interrupt
+
+    saved = []
+    with pytest.raises(KeyboardInterrupt):
+        with _one_interrupt():
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)  # the first Ctrl-C raises before this ends
+            except KeyboardInterrupt:
+                os.kill(os.getpid(), signal.SIGINT)  # the second, while the study is being saved
+                time.sleep(0.1)
+                saved.append(True)
+                raise
+    assert saved == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_study_file_is_in_wal_mode(tmp_path):
+    import sqlite3
+
+    out = tmp_path / "s"
+    search(SPEC, "mobile-npu", out=out, trials=1, space=SearchSpace(epochs=2), baselines=("fp32",), energy_inputs=4,
+           progress=False, report=False)
+    with sqlite3.connect(out / "study.db") as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 # --- bad input ----------------------------------------------------------------------------------------------

@@ -26,9 +26,11 @@ import os
 import pickle
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -645,6 +647,17 @@ def _shown(url: str) -> str:
         return url
 
 
+def _sqlite_wal(url: str) -> None:
+    """Put a SQLite study in write-ahead-log mode (kept in the file): readers (a report, a second worker) never
+    block the writer, and a process killed mid-write leaves the last committed state readable."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    if database and database != ":memory:":
+        with contextlib.closing(sqlite3.connect(database, timeout=60)) as con:
+            con.execute("PRAGMA journal_mode=WAL")
+
+
 def _open_storage(url: str) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats (a worker that dies mid-trial has the trial retried elsewhere)."""
     from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
@@ -652,6 +665,11 @@ def _open_storage(url: str) -> optuna.storages.RDBStorage:
     engine: dict[str, Any] = {}
     if url.startswith("sqlite"):
         engine = {"connect_args": {"timeout": 60}}
+        try:
+            _sqlite_wal(url)
+        except (sqlite3.Error, ValueError, ImportError) as exc:
+            raise StorageError(f"cannot open the study storage {_shown(url)}: {type(exc).__name__}: {exc}. Check "
+                               "that its folder exists and is writable") from None
     elif url.startswith("postgresql"):
         engine = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
     try:
@@ -1070,11 +1088,36 @@ def _work(study: optuna.Study, ctx: _Context, budget: _Budget, view: "_View",
             after_trial()
 
 
+@contextlib.contextmanager
+def _one_interrupt() -> Iterator[None]:
+    """The first Ctrl-C stops the search (KeyboardInterrupt); later ones are ignored until the block ends, so
+    a second Ctrl-C cannot cut short the failing of the interrupted trial, the enqueueing of its resumption
+    and the partial results. Left alone where SIGINT is not Python's default (ignored, or the caller's own)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def first(signum, frame) -> None:
+        signal.signal(signal.SIGINT, later)
+        raise KeyboardInterrupt
+
+    def later(signum, frame) -> None:
+        print("wattless: stopping: the study is being saved so that the same command continues it",
+              file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _worker_main(cfg: dict[str, Any]) -> None:
     """A spawned worker process: the same study, its own trials, no output of its own."""
     torch.set_num_threads(cfg["threads"])
     try:
-        with _quiet():
+        with _one_interrupt(), _quiet():
             ctx, study = _attach(cfg)
             _work(study, ctx, _Budget(cfg["trials"], cfg["deadline"]), _View(False))
     except KeyboardInterrupt:
@@ -1362,7 +1405,7 @@ def search(
     if storage is None:
         out.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
-    with _quiet(), torch_threads(threads):
+    with _one_interrupt(), _quiet(), torch_threads(threads):
         store = _open_storage(url)
         found = default_seeds(wl.name, tgt.name) if seeds is None else seeds
         seeds = [_for_target(s, tgt.name) for s in found]
