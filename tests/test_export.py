@@ -110,6 +110,7 @@ def optimized(baselines, workload: str, *configs, epochs: int = 2) -> tuple[Work
     return wl, model.eval()
 
 
+PER_TOKEN = QuantConfig(act_granularity="token", smooth=0.5, weight_step_init="max")  # the minilm-int8 recipe's
 CASES = {
     "int8": ("tiny", [QuantConfig(weight_bits=8, act_bits=8)]),
     "int4": ("tiny", [QuantConfig(weight_bits=4, act_bits=4)]),
@@ -120,6 +121,8 @@ CASES = {
                                           QuantConfig(weight_bits=4, act_bits=4)]),
     "moe": ("tiny", [MoEConfig(experts=4, top_k=1), QuantConfig()]),
     "early-exit": ("exits", [ExitConfig(after=["relu1"], target_accuracy_drop=0.02), QuantConfig()]),
+    "per-token-smoothed": ("tiny", [PER_TOKEN]),
+    "per-token-structured": ("tiny", [PruneConfig(pattern="structured", sparsity=0.5), PER_TOKEN]),
 }
 
 
@@ -149,6 +152,17 @@ def test_quantized_layers_run_integer_kernels(baselines, tmp_path):
     weights = [t for t in onnx.load(str(tmp_path / "m.onnx")).graph.initializer if t.name.endswith(".weight")]
     assert weights and all(t.data_type == onnx.TensorProto.INT8 for t in weights)
     assert all(k.startswith("int8") for k in report.layers.values())
+
+
+def test_per_token_smoothed_layers_run_integer_kernels(baselines, tmp_path):
+    wl, model = optimized(baselines, "tiny", PER_TOKEN)
+    report = export_model(model, wl, tmp_path / "m.onnx")
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
+    assert ops.count("MatMulInteger") == 3 and "MatMul" not in ops and "QuantizeLinear" not in ops
+    assert ops.count("ReduceMin") == 3  # each layer's rows on their own grid, at run time
+    divisors = [t for t in onnx.load(str(tmp_path / "m.onnx")).graph.initializer if t.name.endswith("smooth_factor")]
+    assert len(divisors) == 3  # the smoothing is in the graph, not dropped
+    assert all("MatMulInteger, per-token" in k and "SmoothQuant" in k for k in report.layers.values())
 
 
 def test_four_bit_weights_with_float_activations_use_matmul_nbits(baselines, tmp_path):
@@ -305,3 +319,28 @@ def test_pruned_attention_heads_and_ffn_neurons_leave_the_encoder(tmp_path):
     assert shapes["encoder.layer.0.attention.self.query.weight"] == (384, 192)  # (in, out): 6 heads of 32
     assert shapes["encoder.layer.0.intermediate.dense.weight"] == (384, 768)
     assert shapes["encoder.layer.0.output.dense.weight"] == (768, 384)
+
+
+def test_per_token_smoothed_encoder_exports_with_integer_kernels(tmp_path):
+    """The minilm-int8 recipe's quantizer on one BERT layer: Q, K and V share one smoothing and one
+    per-token quantization of their input, and every projection runs MatMulInteger."""
+    import dataclasses
+
+    from wattless.workloads import get_workload
+
+    full = get_workload("minilm")
+    wl = dataclasses.replace(full, test=full.test.take(slice(0, 32)))
+    model = wl.build_model()
+    model.encoder.layer = model.encoder.layer[:1]
+    context = ApplyContext(example_input=wl.prepare_inputs(wl.train.take(slice(0, 16)).inputs))
+    apply_(model, PER_TOKEN.model_copy(update={"smooth_skip": ["*output.dense"]}), context).finish(model, context)
+    report = export_model(model, wl, tmp_path / "m.onnx")
+    assert report.parity.passed and report.parity.within == 1.0
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
+    assert ops.count("MatMulInteger") == 6 and "MatMul" not in ops and "MatMulIntegerToFloat" not in ops
+    assert ops.count("ReduceMin") == 4  # Q, K, V quantize their shared input once
+    smoothed = [n for n, k in report.layers.items() if "SmoothQuant" in k]
+    assert smoothed == [f"encoder.layer.0.{n}" for n in ("attention.self.query", "attention.self.key",
+                                                         "attention.self.value", "intermediate.dense")]
+    shared = [t for t in onnx.load(str(tmp_path / "m.onnx")).graph.initializer if t.name.endswith("smooth_factor")]
+    assert len(shared) == 2  # one for Q, K, V; one for the FFN's first layer

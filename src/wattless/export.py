@@ -129,6 +129,9 @@ class _Graph:
     def __init__(self, root: "_Graph | None" = None) -> None:
         self.root = root or self
         self.nodes: list[Any] = []
+        # values computed once per (sub)graph and shared by the layers reading them (Q, K, V's smoothed and
+        # quantized input); per graph, as a subgraph's values are invisible to its parent and siblings
+        self.memo: dict[tuple, Any] = {}
         if root is None:
             self.inits: list[Any] = []
             self._used: dict[str, int] = {}
@@ -286,21 +289,81 @@ def _linear(g: _Graph, ctx: _Ctx, m: nn.Linear, x: str, hint: str) -> str:
         ctx.layers[hint] = "fp32 MatMul"
         y = g.op("MatMul", [x, g.const(w.T, f"{hint}.weight")], hint)
         return g.op("Add", [y, bias], hint) if bias else y
+    if m.smooth_factor is not None:  # w is already the smoothed weight's codes (integer_weights)
+        x = _smooth(g, ctx, m, x, hint)
+    if m.act_bits is not None and m.per_token:
+        y = _per_token_matmul(g, m, x, w, s, hint)
+        ctx.layers[hint] = (f"int8 MatMulInteger, per-token dynamic activations (w{m.weight_bits}a{m.act_bits}, "
+                            f"per-channel){_smoothed_note(m)}")
+        return g.op("Add", [y, bias], hint) if bias else y
     if m.act_bits is not None:
         xq, a_scale, a_zero = _quantize_input(g, x, m, hint)
-        ctx.layers[hint] = f"int8 MatMulIntegerToFloat (w{m.weight_bits}a{m.act_bits}, per-channel)"
+        ctx.layers[hint] = f"int8 MatMulIntegerToFloat (w{m.weight_bits}a{m.act_bits}, per-channel){_smoothed_note(m)}"
         return g.op("MatMulIntegerToFloat", [xq, g.const(w.T, f"{hint}.weight", _I8), a_scale,
                                              g.const(s, f"{hint}.weight_scale"), a_zero, "", bias],
                     hint, domain=MS)
     if m.weight_bits <= 4:
-        ctx.layers[hint] = f"MatMulNBits (w{m.weight_bits}, float activations)"
+        ctx.layers[hint] = f"MatMulNBits (w{m.weight_bits}, float activations){_smoothed_note(m)}"
         y = _matmul_nbits(g, w, s, x, hint)
     else:
-        ctx.layers[hint] = f"int8 weights, DequantizeLinear + MatMul (w{m.weight_bits}, float activations)"
+        ctx.layers[hint] = (f"int8 weights, DequantizeLinear + MatMul (w{m.weight_bits}, float activations)"
+                            f"{_smoothed_note(m)}")
         wt = g.op("DequantizeLinear", [g.const(w.T, f"{hint}.weight", _I8), g.const(s, f"{hint}.weight_scale")],
                   hint, axis=1)
         y = g.op("MatMul", [x, wt], hint)
     return g.op("Add", [y, bias], hint) if bias else y
+
+
+def _smoothed_note(m: nn.Module) -> str:
+    return ", SmoothQuant (input / s in-graph)" if getattr(m, "smooth_factor", None) is not None else ""
+
+
+def _smooth(g: _Graph, ctx: _Ctx, m: nn.Module, x: str, hint: str) -> str:
+    """x / s, the layer's SmoothQuant factor cut to its kept input columns. A Div, not a Mul by 1 / s: it is
+    PyTorch's op, so every value (and every rounding the quantizer makes of it) is the same; layers reading
+    one tensor with one factor (Q, K, V) share the node."""
+    factor = _np(m.smooth_factor)
+    idx = ctx.keep.index.get((id(m), "weight", 1))
+    if idx is not None:
+        factor = factor[idx]
+    key = ("smooth", x, factor.tobytes())
+    if key not in g.memo:
+        g.memo[key] = g.op("Div", [x, g.const(factor, f"{hint}.smooth_factor")], hint)
+    return g.memo[key]
+
+
+def _quantize_tokens(g: _Graph, x: str, bits: int, hint: str) -> tuple[str, str, str]:
+    """x (float, channels last) -> (uint8 codes, row scale, int32 row zero point), each row on its own
+    asymmetric grid: the float ops of the layer's _quantize_tokens in its order (Round is half-to-even in
+    both), so the codes are PyTorch's bit for bit. Not QuantizeLinear: it rounds x / s and then adds z,
+    which differs from round(x / s + z) where adding z rounds away the fraction's last bits."""
+    key = ("tokens", x, bits)
+    if key in g.memo:
+        return g.memo[key]
+    levels = 2**bits - 1
+    axis = g.const([-1], "minus1", _I64)
+    zero = g.const(0.0, "zero_f")
+    lo = g.op("Min", [g.op("ReduceMin", [x, axis], hint, keepdims=1), zero], hint)
+    hi = g.op("Max", [g.op("ReduceMax", [x, axis], hint, keepdims=1), zero], hint)
+    step = g.op("Div", [g.op("Sub", [hi, lo], hint), g.const(float(levels), f"levels{bits}")], hint)
+    step = g.op("Max", [step, g.const(np.finfo(_F32).tiny, "tiny")], hint)
+    z = g.op("Round", [g.op("Div", [g.op("Neg", [lo], hint), step], hint)], hint)
+    v = g.op("Round", [g.op("Add", [g.op("Div", [x, step], hint), z], hint)], hint)
+    v = g.op("Clip", [v, zero, g.const(float(levels), f"levels{bits}")], hint)
+    g.memo[key] = (g.op("Cast", [v], hint, to=2), step, g.op("Cast", [z], hint, to=6))  # uint8, int32
+    return g.memo[key]
+
+
+def _per_token_matmul(g: _Graph, m: nn.Module, x: str, codes: np.ndarray, scale: np.ndarray, hint: str) -> str:
+    """x @ (codes * scale).T on integers, x quantized per token. ONNX Runtime's MatMulInteger takes only a
+    scalar zero point for A (1.32 rejects per-row ones), so the product runs on the raw codes and each
+    row's zero point comes off in int32, exactly: sum_k (q_k - z) c_k = sum_k q_k c_k - z sum_k c_k."""
+    q, step, z = _quantize_tokens(g, x, m.act_bits, hint)
+    acc = g.op("MatMulInteger", [q, g.const(codes.T, f"{hint}.weight", _I8)], hint)
+    col_sums = g.const(codes.astype(np.int32).sum(1), f"{hint}.weight_col_sums", np.int32)  # (out,)
+    acc = g.op("Sub", [acc, g.op("Mul", [z, col_sums], hint)], hint)
+    y = g.op("Mul", [g.op("Cast", [acc], hint, to=1), g.const(scale, f"{hint}.weight_scale")], hint)
+    return g.op("Mul", [y, step], hint)
 
 
 def _matmul_nbits(g: _Graph, codes: np.ndarray, scale: np.ndarray, x: str, hint: str) -> str:
