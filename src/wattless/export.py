@@ -10,7 +10,9 @@ What the file holds (docs/EXPORT.md has the whole story):
   one scale per output channel, and the product runs in ``MatMulIntegerToFloat`` (com.microsoft) or
   ``ConvInteger``; bits below 8 are the same codes in int8 containers (exact), with a Clip for activations.
   A conv feeding only the next quantizer can become one ``QLinearConv`` (requantize; see export_model).
-  A layer with 4-bit weights and float activations runs ONNX Runtime's ``MatMulNBits``.
+  A layer with 4-bit weights and float activations runs ONNX Runtime's ``MatMulNBits``. A Linear quantized
+  per token computes each row's grid in the graph and runs ``MatMulInteger``; a smoothed one divides its
+  input by its SmoothQuant factor first (see _quantize_tokens, _smooth).
 - Structurally pruned channels, neurons and heads are cut out of the tensors (smaller shapes, fewer MACs);
   unstructured and 2:4 zeros stay as zeros in dense tensors (ONNX Runtime has no sparse CPU kernel).
 - Early exits are ONNX ``If`` nodes: the rows that stop at an exit are never fed to the blocks behind it,
