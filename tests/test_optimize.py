@@ -114,3 +114,25 @@ def test_a_run_dir_holding_another_run_is_refused_untouched(tmp_path):
     with pytest.raises(TrainingError, match="holds another run"):
         optimize(SPEC, other, tmp_path / "run", progress=False, baselines=False)
     assert before == {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+
+
+def test_training_runs_on_the_workloads_thread_count_and_gives_it_back():
+    import dataclasses
+
+    seen: list[int] = []
+    wl = dataclasses.replace(tiny(), train_threads=1)
+    model = wl.build_model()
+    model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train(model, wl, TrainSettings(epochs=1, lr=1e-3, batch_size=256), progress=False)
+        assert set(seen) == {1} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_tiny_builtins_train_on_one_thread():
+    from wattless.workloads import get_workload
+
+    assert get_workload("mnist1d").train_threads == 1 and get_workload("digits").train_threads == 1
