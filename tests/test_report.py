@@ -108,6 +108,12 @@ def test_recipe_summary_names_every_technique():
         assert part in line
 
 
+def test_recipe_summary_gives_an_overrides_left_out_bits_from_the_config():
+    line = recipe_summary({"quantize": {"weight_bits": 4, "act_bits": 4, "act_granularity": "token", "smooth": 0.5,
+                                        "overrides": {"conv1": {"act_bits": 8}, "fc": {"weight_bits": 3}}}})
+    assert "QAT w4a4 (conv1: w4a8, fc: w3a4; per-token activations; SmoothQuant 0.5)" in line
+
+
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     app = typer.Typer(pretty_exceptions_enable=False)
     register(app)

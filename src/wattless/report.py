@@ -75,9 +75,17 @@ def recipe_summary(recipe: dict[str, Any]) -> str:
         parts.append(f"prune {p['pattern']} {level}")
     q = recipe.get("quantize")
     if q:
-        bits = f"w{q.get('weight_bits', 8)}a{q.get('act_bits') or 'fp'}"
-        extra = ", ".join(f"{k}: w{v.get('weight_bits', '')}a{v.get('act_bits', '')}" for k, v in q.get("overrides", {}).items())
-        parts.append(f"QAT {bits}" + (f" ({extra})" if extra else ""))
+        w, a = q.get("weight_bits", 8), q.get("act_bits")
+        bits = f"w{w}a{a or 'fp'}"
+        # an override gives some bits; the others are the config's (written out, it keeps only the given ones)
+        extra = ", ".join(f"{k}: w{v.get('weight_bits', w)}a{v.get('act_bits', a) or 'fp'}"
+                          for k, v in q.get("overrides", {}).items())
+        how = [extra] if extra else []
+        if q.get("act_granularity") == "token":
+            how.append("per-token activations")
+        if q.get("smooth") is not None:
+            how.append(f"SmoothQuant {q['smooth']:g}")
+        parts.append(f"QAT {bits}" + (f" ({'; '.join(how)})" if how else ""))
     if recipe.get("moe"):
         parts.append(f"MoE {recipe['moe']['experts']} experts top-{recipe['moe'].get('top_k', 1)}")
     if recipe.get("early_exit"):
