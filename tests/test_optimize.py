@@ -136,3 +136,14 @@ def test_tiny_builtins_train_on_one_thread():
     from wattless.workloads import get_workload
 
     assert get_workload("mnist1d").train_threads == 1 and get_workload("digits").train_threads == 1
+
+
+def test_each_workload_seed_caches_its_own_baseline(tmp_path):
+    import dataclasses
+
+    from wattless.optimize import baseline_model
+
+    for seed in (0, 1):
+        baseline_model(dataclasses.replace(tiny(), seed=seed), progress=False, cache=tmp_path)
+    names = sorted(p.name for p in (tmp_path / "baselines").glob("*.safetensors"))
+    assert len(names) == 2 and "-s0" in names[0] and "-s1" in names[1]

@@ -54,7 +54,8 @@ def baseline_model(workload: Workload, *, progress: bool = True, cache: Path | N
     settings = _settings(workload)
     folder = (cache or cache_dir()) / "baselines"
     threads = f"-t{workload.train_threads}" if workload.train_threads else ""
-    stem = f"{workload.name}-{_arch_key(model)}-e{settings.epochs}-s{settings.seed}{threads}"
+    # the workload's seed, not the training one: it chose the split and the initial weights
+    stem = f"{workload.name}-{_arch_key(model)}-e{settings.epochs}-s{workload.seed}{threads}"
     weights, info = folder / f"{stem}.safetensors", folder / f"{stem}.json"
     if weights.exists() and info.exists():
         try:

@@ -74,6 +74,7 @@ class Workload:
     # threads, so a tiny model trained on 1 and on 2 threads ends up a different model; a fixed count makes
     # its baseline and recipes the same on every machine.
     train_threads: int | None = None
+    seed: int = 0  # what chose the data split and the baseline's initial weights (part of the baseline cache key)
 
     def __post_init__(self) -> None:
         if not self.metric_name:
