@@ -484,7 +484,9 @@ class Quantization(Technique):
 
     def report(self, model: nn.Module) -> dict[str, Any]:
         modules = dict(model.named_modules())
-        layers = {n: {"weight_bits": m.weight_bits, "act_bits": m.act_bits}
+        layers = {n: {"weight_bits": m.weight_bits, "act_bits": m.act_bits,
+                      "act_granularity": "token" if m.per_token else "tensor",
+                      "smoothed": m.smooth_factor is not None}
                   for n, m in modules.items() if isinstance(m, _QuantMixin)}
         bits = {**{n: 32 for n in self.left_float}, **{n: v["weight_bits"] for n, v in layers.items()}}
         sizes = {n: modules[n].weight.numel() for n in bits}
