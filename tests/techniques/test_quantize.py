@@ -155,8 +155,8 @@ def test_overrides_and_skip_apply_per_layer():
     handle = quantize(model, x, **config)
     report = handle.report(model)
     assert report["layers"] == {
-        "features.0": {"weight_bits": 4, "act_bits": 8},
-        "classifier": {"weight_bits": 8, "act_bits": None},
+        "features.0": {"weight_bits": 4, "act_bits": 8, "act_granularity": "tensor", "smoothed": False},
+        "classifier": {"weight_bits": 8, "act_bits": None, "act_granularity": "tensor", "smoothed": False},
     }
     assert report["float_layers"] == ["features.2"]
     assert type(model.features[2]) is nn.Conv2d
@@ -254,7 +254,7 @@ def test_a_tiny_bert_runs_with_every_linear_at_int8():
     out = model(**inputs).last_hidden_state
     layers = handle.report(model)["layers"]
     assert len(layers) == 2 * 6 + 1  # q, k, v, attention out, intermediate, output per layer; pooler
-    assert all(v == {"weight_bits": 8, "act_bits": 8} for v in layers.values())
+    assert all(v["weight_bits"] == v["act_bits"] == 8 for v in layers.values())
     assert rel_err(out, ref) < 0.05
 
 
