@@ -14,8 +14,13 @@ Step sizes follow LSQ (Esser et al., "Learned Step Size Quantization", ICLR 2020
 learned, initialised to 2 mean|x| / sqrt(Qp) (capped at max|x| / Qp, see _lsq_init), with their gradient
 scaled by g = 1 / sqrt(N Qp).
 
+Options for pretrained transformers (``recipes/minilm-int8.toml``): ``act_granularity="token"`` rounds each row
+of a Linear's input on its own [min, max] grid at run time (dynamic, asymmetric), ``smooth=a`` applies
+SmoothQuant's per-channel factors (computed once from training batches, shared by layers reading one tensor),
+and ``weight_step_init="max"`` starts learned weight steps where nothing clips.
+
 State dict keys per layer: ``weight``, ``bias``, ``weight_step`` (learned steps only), ``act_step``,
-``act_signed``. A float checkpoint loads into a quantized model with strict=True; its steps are then
+``act_signed`` (per-tensor activations only), ``smooth_factor`` (smoothed layers only). A float checkpoint loads into a quantized model with strict=True; its steps are then
 re-initialised at the next forward.
 """
 
@@ -85,7 +90,7 @@ class QuantConfig(TechniqueConfig):
     weight_step_init: Literal["lsq", "max"] = "lsq"
 
     @model_validator(mode="after")
-    def _smooth_needs_linear_act(self) -> "QuantConfig":
+    def _skip_needs_smooth(self) -> "QuantConfig":
         if self.smooth_skip and self.smooth is None:
             raise ValueError("smooth_skip is given but smooth is not set: set smooth (e.g. 0.5) or drop smooth_skip")
         return self
