@@ -317,7 +317,7 @@ def _linear(g: _Graph, ctx: _Ctx, m: nn.Linear, x: str, hint: str) -> str:
 
 
 def _smoothed_note(m: nn.Module) -> str:
-    return ", SmoothQuant (input / s in-graph)" if getattr(m, "smooth_factor", None) is not None else ""
+    return ", SmoothQuant (input / s in-graph)" if m.smooth_factor is not None else ""
 
 
 def _smooth(g: _Graph, ctx: _Ctx, m: nn.Module, x: str, hint: str) -> str:

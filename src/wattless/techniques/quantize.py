@@ -419,6 +419,8 @@ def _calibration_batches(context: ApplyContext | None, example_input: Any, n: in
         found = [inputs for _, (inputs, _) in zip(range(n), context.train_batches())]
         if found:
             return found
+    if example_input is None:
+        raise QuantizeError("smoothing needs calibration inputs: give the context an example input or batches")
     return [example_input]
 
 
@@ -439,8 +441,6 @@ def _quantize_layers(model: nn.Module, config: QuantConfig, example_input: Any,
     if config.smooth is not None:
         smoothed = {n: m for n, m in layers.items() if isinstance(m, nn.Linear) and n not in left_float
                     and not any(fnmatchcase(n, g) for g in config.smooth_skip)}
-        if example_input is None and (context is None or context.train_batches is None):
-            raise QuantizeError("smoothing needs calibration inputs: give the context an example input or batches")
         batches = _calibration_batches(context, example_input, config.smooth_batches)
         factors = _smoothing_factors(model, smoothed, config.smooth, batches)
     for name in names:

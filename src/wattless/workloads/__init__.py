@@ -47,9 +47,7 @@ def list_workloads() -> list[str]:
 def get_workload(name: str, *, seed: int = 0) -> Workload:
     """A built-in workload by name, or a user workload from a spec (its factory takes no seed)."""
     if name in _BUILT_IN:
-        workload = _BUILT_IN[name](seed)
-        workload.seed = seed
-        return workload
+        return _BUILT_IN[name](seed)
     if is_workload_spec(name):
         return load_workload_spec(name)
     raise WorkloadError(

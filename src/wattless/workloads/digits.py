@@ -87,5 +87,6 @@ def load_digits_workload(seed: int = 0) -> Workload:
         batch_size=_BATCH_SIZE,
         default_lr=3e-3,
         train_threads=1,  # tiny: one thread is as fast, and the same model on every machine
+        seed=seed,
         description=f"sklearn digits, {len(train)}/{len(val)}/{len(test)} 8x8 images in [0, 1], 10 classes",
     )

@@ -286,6 +286,7 @@ def load_minilm_workload(seed: int = 0) -> Workload:
         example_input=example_input,
         evaluate=_evaluate,
         needs_training=False,
+        seed=seed,
         default_epochs=3,
         batch_size=_BATCH_SIZE,
         default_lr=1e-4,

@@ -87,5 +87,6 @@ def load_mnist1d(seed: int = 0) -> Workload:
         batch_size=_BATCH_SIZE,
         default_lr=1e-2,
         train_threads=1,  # tiny: one thread is as fast, and the same model on every machine
+        seed=seed,
         description=f"MNIST-1D, {len(train)}/{len(val)}/{len(test)} signals of length 40, 10 classes",
     )
