@@ -23,6 +23,7 @@ from wattless.train import TrainSettings, train
 from wattless.workloads import Split, Workload
 from wattless.workloads.base import classification_evaluate
 
+from tests.int8_oracle import saturating_products
 from tests.tiny_workload import tiny
 
 SPEC = f"{Path(__file__).parent / 'tiny_workload.py'}:tiny"
@@ -138,6 +139,8 @@ def test_export_keeps_parity_with_pytorch(case, baselines, tmp_path):
     close = np.isclose(got, ref, rtol=1e-3, atol=1e-3).all(1)
     assert close.mean() >= 0.99
     assert load(tmp_path / "m.onnx").parity["passed"] is True  # the file carries its check
+    # right on every CPU: no u8 x s8 product that ONNX Runtime's AVX2 kernel without VNNI would saturate
+    assert saturating_products(tmp_path / "m.onnx") == []
 
 
 def _initializers(path: Path) -> dict[str, tuple[int, ...]]:
@@ -150,7 +153,8 @@ def test_quantized_layers_run_integer_kernels(baselines, tmp_path):
     ops = {n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node}
     assert "MatMulIntegerToFloat" in ops and "QuantizeLinear" in ops and "MatMul" not in ops
     weights = [t for t in onnx.load(str(tmp_path / "m.onnx")).graph.initializer if t.name.endswith(".weight")]
-    assert weights and all(t.data_type == onnx.TensorProto.INT8 for t in weights)
+    # int8 codes, or their portable u8 form (code + 128, zero point 128: wattless.kernels)
+    assert weights and all(t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) for t in weights)
     assert all(k.startswith("int8") for k in report.layers.values())
 
 
@@ -190,6 +194,7 @@ def test_requantization_fuses_convs_and_is_held_to_the_same_classes(baselines, t
     assert "QLinearConv" not in ops["exact.onnx"] and ops["exact.onnx"].count("ConvInteger") == 2
     assert fused.parity.requantized and fused.parity.agree >= 0.99 and "QLinearConv" in fused.layers["conv2"]
     assert not exact.parity.requantized and exact.parity.within >= 0.99
+    assert saturating_products(tmp_path / "fused.onnx") == saturating_products(tmp_path / "exact.onnx") == []
 
 
 def test_moe_export_runs_each_expert_on_its_tokens_and_reports_routes(baselines, tmp_path):
@@ -319,6 +324,7 @@ def test_pruned_attention_heads_and_ffn_neurons_leave_the_encoder(tmp_path):
     assert shapes["encoder.layer.0.attention.self.query.weight"] == (384, 192)  # (in, out): 6 heads of 32
     assert shapes["encoder.layer.0.intermediate.dense.weight"] == (384, 768)
     assert shapes["encoder.layer.0.output.dense.weight"] == (768, 384)
+    assert saturating_products(tmp_path / "m.onnx") == []
 
 
 def test_per_token_smoothed_encoder_exports_with_integer_kernels(tmp_path):
@@ -344,3 +350,4 @@ def test_per_token_smoothed_encoder_exports_with_integer_kernels(tmp_path):
                                                          "attention.self.value", "intermediate.dense")]
     shared = [t for t in onnx.load(str(tmp_path / "m.onnx")).graph.initializer if t.name.endswith("smooth_factor")]
     assert len(shared) == 2  # one for Q, K, V; one for the FFN's first layer
+    assert saturating_products(tmp_path / "m.onnx") == []

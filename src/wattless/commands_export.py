@@ -29,14 +29,20 @@ def export(
                                                     "user workloads (path/to/file.py:factory)")] = None,
     requantize: Annotated[Optional[bool], typer.Option("--requantize/--exact", help="force or forbid fused integer "
                                                        "requantization (default: kept if parity holds)")] = None,
+    int8_kernel: Annotated[str, typer.Option("--int8-kernel", help="portable: exact on every CPU (u8 weights where "
+                                             "u8 x s8 sums could saturate); vnni: s8 weights, exact only on CPUs "
+                                             "with VNNI or AMX")] = "portable",
     as_json: Annotated[bool, typer.Option("--json", help="print the export report as one JSON object")] = False,
 ) -> None:
     """Export an optimized run to ONNX with integer kernels, checked against the PyTorch model."""
     from wattless.export import export_run
+    from wattless.kernels import INT8_KERNELS
 
+    if int8_kernel not in INT8_KERNELS:
+        raise ExportError(f"--int8-kernel {int8_kernel!r}: choose one of {', '.join(INT8_KERNELS)}")
     if not run_dir.is_dir():
         raise ExportError(f"run directory {run_dir} does not exist; run `wattless optimize ... --out {run_dir}` first")
-    report = export_run(run_dir, out, workload=workload, requantize=requantize)
+    report = export_run(run_dir, out, workload=workload, requantize=requantize, int8_kernel=int8_kernel)
     if as_json:
         sys.stdout.write(json.dumps(report.to_json()) + "\n")
         return

@@ -17,6 +17,7 @@ __all__ = [
     "StorageError",
     "ExportError",
     "ParityError",
+    "KernelError",
     "ModelInputError",
     "BenchError",
 ]
@@ -77,6 +78,10 @@ class ExportError(WattlessError):
 
 class ParityError(ExportError):
     """An export whose outputs or metric differ from the PyTorch model beyond the stated tolerance."""
+
+
+class KernelError(ExportError):
+    """An export whose integer products this CPU's ONNX Runtime kernels cannot compute exactly."""
 
 
 class ModelInputError(InputError):

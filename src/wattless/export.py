@@ -47,6 +47,7 @@ from torch import fx, nn
 from torch.nn.utils import parametrize
 
 from wattless.errors import ExportError, ParityError
+from wattless.kernels import INT8_KERNELS, integer_products, to_portable
 
 __all__ = ["export_run", "export_model", "ExportReport", "Parity", "Tolerance", "FORMAT", "OPSET"]
 
@@ -116,6 +117,8 @@ class ExportReport:
     exits: list[dict[str, Any]] = field(default_factory=list)
     routes: dict[str, int] = field(default_factory=dict)  # MoE block -> experts
     notes: list[str] = field(default_factory=list)
+    int8_kernel: str = "portable"  # the form of the integer products (wattless.kernels)
+    integer_products: dict[str, int] = field(default_factory=dict)  # weight form ("s8", "u8") -> products
 
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "parity"}
@@ -1151,6 +1154,27 @@ def _check_encoder(model: nn.Module, path: Path, workload: Any, tol: Tolerance,
     return Parity(passed, len(cos), within, float(1 - cos.min()), name, float(metric_torch), float(metric_onnx), tol)
 
 
+def _check_forms(path: Path, workload: Any, kind: str) -> None:
+    """Where the runtime turned the file's u8 weights to s8 for this CPU, both forms must give the same
+    outputs bit for bit (their int32 accumulators are equal), so the file as written is checked too."""
+    from wattless.runtime import load
+
+    fast = load(path)
+    if not fast.kernels or not fast.kernels.converted:
+        return
+    written = load(path, kernels="as-written")
+    if kind == "sentence-encoder":
+        sentences = list(workload.test.inputs)[:16]
+        a, b = fast.embed(sentences), written.embed(sentences)
+    else:
+        x = workload.test.inputs[:64].numpy()
+        a, b = fast(x), written(x)
+    if not np.array_equal(a, b):
+        raise ParityError(f"the export's portable form (u8 weights) and this CPU's u8 x s8 form differ (largest "
+                          f"difference {float(np.abs(a - b).max()):.3g}); nothing was written. Please report this: "
+                          "both are exact integer products")
+
+
 def _encoder_metrics(runtime: Any, workload: Any) -> dict[str, float]:
     from wattless.workloads.minilm import fidelity, reference_embeddings
 
@@ -1171,6 +1195,12 @@ def _save(graph: Any, meta: dict[str, Any], path: Path) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)],
                               producer_name="wattless")
     model.ir_version = min(model.ir_version, 10)  # what onnxruntime 1.18+ reads
+    if meta.get("int8_kernel", "portable") == "portable":
+        to_portable(model)
+    forms: dict[str, int] = {}
+    for product in integer_products(model):
+        forms[product.weight_form] = forms.get(product.weight_form, 0) + 1
+    meta["integer_products"] = forms
     for key, value in {"format": FORMAT, **meta}.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = f"wattless.{key}", json.dumps(value)
@@ -1188,8 +1218,11 @@ def _set_meta(path: Path, updates: dict[str, Any]) -> None:
 
 
 def export_model(model: nn.Module, workload: Any, out: str | Path, *, tolerance: Tolerance | None = None,
-                 check: bool = True, requantize: bool | None = None) -> ExportReport:
+                 check: bool = True, requantize: bool | None = None, int8_kernel: str = "portable") -> ExportReport:
     """Export ``model`` (a wattless-optimized module of ``workload``) to the ONNX file ``out``.
+
+    ``int8_kernel``: "portable" (exact on every CPU: u8 weights where u8 x s8 pair sums could saturate) or
+    "vnni" (s8 weights everywhere: exact only on CPUs with VNNI or AMX); see wattless.kernels.
 
     ``requantize``: fuse each integer conv with the next layer's quantizer (QLinearConv, integers in and out).
     Its int32 bias rounds the float bias the QAT trained to the accumulator's grid, which can flip codes;
@@ -1198,6 +1231,8 @@ def export_model(model: nn.Module, workload: Any, out: str | Path, *, tolerance:
     ``out`` (an existing file there is kept unchanged)."""
     from wattless.workloads import get_workload
 
+    if int8_kernel not in INT8_KERNELS:
+        raise ExportError(f"int8_kernel {int8_kernel!r}: choose one of {', '.join(INT8_KERNELS)}")
     wl = get_workload(workload) if isinstance(workload, str) else workload
     out = Path(out)
     if out.exists() and out.is_dir():
@@ -1217,7 +1252,7 @@ def export_model(model: nn.Module, workload: Any, out: str | Path, *, tolerance:
                             else _build_classifier(model, example.float(), wl.name, fuse))
         if fuse and not any(n.op_type == "QLinearConv" for n in _all_nodes(graph)):
             modes = [fuse]  # nothing was fused: the exact path is this one
-        meta.update(workload=wl.name, layers=ctx.layers, removed=ctx.keep.removed)
+        meta.update(workload=wl.name, layers=ctx.layers, removed=ctx.keep.removed, int8_kernel=int8_kernel)
         fused = any(n.op_type == "QLinearConv" for n in _all_nodes(graph))
         parity = _write_checked(graph, meta, model, wl, out, tol if check else None, last=fuse == modes[-1],
                                 requantized=fused)
@@ -1233,7 +1268,19 @@ def export_model(model: nn.Module, workload: Any, out: str | Path, *, tolerance:
     return ExportReport(path=out, kind=meta["kind"], workload=wl.name, size_bytes=out.stat().st_size,
                         parity=parity if check else None, layers=ctx.layers, removed=ctx.keep.removed,
                         exits=meta["exits"], routes={k: v["experts"] for k, v in meta["outputs"]["routes"].items()},
-                        notes=notes + _notes(model, ctx))
+                        notes=notes + _notes(model, ctx) + _kernel_notes(meta), int8_kernel=int8_kernel,
+                        integer_products=meta["integer_products"])
+
+
+def _kernel_notes(meta: dict[str, Any]) -> list[str]:
+    forms = meta["integer_products"]
+    if meta["int8_kernel"] == "vnni" and forms.get("s8"):
+        return ["--int8-kernel vnni: s8 weights everywhere; exact only on CPUs with AVX-512 VNNI, AVX-VNNI or AMX "
+                "(ONNX Runtime's u8 x s8 kernel saturates on AVX2 without VNNI; wattless.runtime refuses it there)"]
+    if forms.get("u8"):
+        return [f"{forms['u8']} integer products hold u8 weights (code + 128, zero point 128): exact on every CPU; "
+                "wattless.runtime runs them as u8 x s8 where the CPU sums those exactly (VNNI, AMX)"]
+    return []
 
 
 def _all_nodes(graph: Any) -> list[Any]:
@@ -1259,6 +1306,7 @@ def _write_checked(graph: Any, meta: dict[str, Any], model: nn.Module, wl: Any, 
                 raise ParityError(f"export parity check failed: {parity.describe()}; nothing was written to {out}. "
                                   "Compare the run's metrics.json with the model, or loosen the Tolerance if the "
                                   "difference is expected")
+            _check_forms(tmp, wl, meta["kind"])
             _set_meta(tmp, {"parity": parity.to_json()})
         os.replace(tmp, out)
         return parity
@@ -1284,7 +1332,8 @@ def _notes(model: nn.Module, ctx: _Ctx) -> list[str]:
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, tolerance: Tolerance | None = None,
-               check: bool = True, requantize: bool | None = None, workload: Any = None) -> ExportReport:
+               check: bool = True, requantize: bool | None = None, workload: Any = None,
+               int8_kernel: str = "portable") -> ExportReport:
     """Export the optimized model of a `wattless optimize` run directory (see export_model). ``workload``: the
     run's workload (a name, spec or Workload) where run.json's name alone cannot rebuild it (user workloads)."""
     from wattless.optimize import load_run
@@ -1294,4 +1343,5 @@ def export_run(run_dir: str | Path, out: str | Path, *, tolerance: Tolerance | N
     if missing:
         raise ExportError(f"{run_dir} is not a finished `wattless optimize` run: it lacks {', '.join(missing)}")
     model, _, workload = load_run(run_dir, workload)
-    return export_model(model, workload, out, tolerance=tolerance, check=check, requantize=requantize)
+    return export_model(model, workload, out, tolerance=tolerance, check=check, requantize=requantize,
+                        int8_kernel=int8_kernel)

@@ -12,6 +12,11 @@ Inputs are checked before they reach ONNX Runtime: a wrong shape, a non-float dt
 ModelInputError naming the problem. Sentences are never padded: each batch handed to the session holds
 sentences of one token length (they are grouped by length and put back in order).
 
+Integer products run in the fastest form that is exact on this CPU (wattless.kernels): a file's u8 weights
+(its portable form) run as u8 x s8 where the CPU's kernel sums those exactly (VNNI, AMX), and a file that
+needs such a CPU is refused elsewhere (KernelError), never run wrong. ``kernels="as-written"`` runs the file
+exactly as stored, as plain ONNX Runtime would.
+
 Only numpy and onnxruntime run here; the tokenizer (transformers) loads on the first ``embed``.
 """
 
@@ -65,20 +70,27 @@ class RunResult:
         return len(self.paths)
 
 
-def load(path: str | Path, *, threads: int | None = None) -> "ExportedModel":
-    """Open an export for inference; ``threads``: ONNX Runtime intra-op threads (default: all cores)."""
-    return ExportedModel(path, threads=threads)
+KERNEL_CHOICES = ("auto", "as-written")
 
 
-def _read_meta(path: Path) -> dict[str, Any]:
+def load(path: str | Path, *, threads: int | None = None, kernels: str = "auto") -> "ExportedModel":
+    """Open an export for inference; ``threads``: ONNX Runtime intra-op threads (default: all cores);
+    ``kernels``: "auto" (the fastest exact form on this CPU) or "as-written" (the file as stored)."""
+    return ExportedModel(path, threads=threads, kernels=kernels)
+
+
+def _read_model(path: Path) -> Any:
     import onnx
 
     if not path.is_file():
         raise ExportError(f"{path} does not exist; export a run first: wattless export RUN_DIR --out {path}")
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        return onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise ExportError(f"{path} is not an ONNX file ({type(exc).__name__}: {exc})") from None
+
+
+def _read_meta(model: Any, path: Path) -> dict[str, Any]:
     meta = {p.key.removeprefix("wattless."): p.value for p in model.metadata_props if p.key.startswith("wattless.")}
     if "format" not in meta:
         raise ExportError(f"{path} is an ONNX file but not a wattless export (no wattless metadata); "
@@ -92,11 +104,19 @@ def _read_meta(path: Path) -> dict[str, Any]:
 class ExportedModel:
     """An exported classifier or sentence encoder on an ONNX Runtime session."""
 
-    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, *, threads: int | None = None, kernels: str = "auto") -> None:
         import onnxruntime as ort
 
+        from wattless.kernels import for_this_cpu
+
+        if kernels not in KERNEL_CHOICES:
+            raise ExportError(f"kernels={kernels!r}: choose one of {', '.join(KERNEL_CHOICES)}")
         self.path = Path(path)
-        self.meta = _read_meta(self.path)
+        proto = _read_model(self.path)
+        self.meta = _read_meta(proto, self.path)
+        # the form the integer products run in here (wattless.kernels); None: as written
+        self.kernels = for_this_cpu(proto, self.path) if kernels == "auto" else None
+        self._bytes = proto.SerializeToString()
         self.kind: str = self.meta["kind"]
         self.workload: str = self.meta.get("workload", "")
         self.threads = threads
@@ -104,7 +124,7 @@ class ExportedModel:
         self.routes: dict[str, dict[str, Any]] = self.meta["outputs"]["routes"]
         self._spec = self.meta["input"]
         try:
-            self.session = ort.InferenceSession(str(self.path), self._options(), providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(self._bytes, self._options(), providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ExportError(f"ONNX Runtime cannot load {self.path}: {exc}") from None
         self._outputs = [o.name for o in self.session.get_outputs()]
@@ -272,7 +292,7 @@ class ExportedModel:
         import onnxruntime as ort
 
         with tempfile.TemporaryDirectory() as tmp:
-            session = ort.InferenceSession(str(self.path), self._options(os.path.join(tmp, "profile")),
+            session = ort.InferenceSession(self._bytes, self._options(os.path.join(tmp, "profile")),
                                            providers=["CPUExecutionProvider"])
             if self.kind == "sentence-encoder":
                 rows, _ = self._token_rows(inputs)
