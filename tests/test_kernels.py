@@ -24,13 +24,24 @@ import torch
 
 from wattless import kernels
 from wattless.errors import KernelError
-from wattless.export import export_model
+from wattless.export import Tolerance, export_model
 from wattless.runtime import load
 from wattless.techniques import ApplyContext, QuantConfig, apply_
 from wattless.techniques.quantize import integer_weights
 
 from tests.int8_oracle import saturating_products
 from tests.tiny_workload import tiny
+
+def _quantized(wl, model, config):
+    """``config`` applied to ``model`` with its steps calibrated on a batch, no training: enough for kernels."""
+    context = ApplyContext(example_input=wl.train.inputs[:64], total_steps=1,
+                           train_batches=lambda: iter([(wl.train.inputs[:64], wl.train.targets[:64])]))
+    apply_(model, config, context).finish(model, context)
+    model.train()
+    with torch.no_grad():
+        model(wl.train.inputs[:256])
+    return model.eval()
+
 
 def _saturating_model():
     """The tiny MLP, int8 weights and activations, its first layer's codes at +-127 and inputs big enough to
@@ -66,6 +77,25 @@ def exports(tmp_path_factory):
         np.save(folder / "x.npy", x.numpy())
         np.save(folder / "torch.npy", model(x).numpy())
     return folder, out, wl, model
+
+
+@pytest.fixture(scope="module")
+def other_kernels(tmp_path_factory):
+    """Exports whose products run ConvInteger, QLinearConv (requantized, codes spread to 8 bits) and
+    per-token MatMulInteger; their inputs beside them."""
+    from tests.test_export import _conv_net, _signals, _workload
+
+    folder = tmp_path_factory.mktemp("other-kernels")
+    conv = _workload("conv", _conv_net, [_signals(n, s) for n, s in ((512, 0), (128, 1), (128, 2))])
+    token = tiny()
+    cases = {"conv-int8": (conv, QuantConfig(weight_bits=8, act_bits=8), False),
+             "conv-int4-requantized": (conv, QuantConfig(weight_bits=4, act_bits=4), True),
+             "per-token": (token, QuantConfig(act_granularity="token", smooth=0.5, weight_step_init="max"), False)}
+    for name, (wl, config, fuse) in cases.items():
+        model = _quantized(wl, wl.build_model(), config)
+        export_model(model, wl, folder / f"{name}.onnx", requantize=fuse, tolerance=Tolerance(min_agree=0.9))
+        np.save(folder / f"{name}.npy", wl.test.inputs[:32].numpy())
+    return folder, list(cases)
 
 
 def test_portable_export_has_no_product_that_can_saturate(exports):
@@ -145,17 +175,15 @@ _EMULATED = r"""
 import json, sys
 import numpy as np
 import onnxruntime as ort
-folder = sys.argv[1]
-x = np.load(f"{folder}/x.npy")
-out = {}
-for form in ("portable", "vnni"):
-    s = ort.InferenceSession(f"{folder}/{form}.onnx", providers=["CPUExecutionProvider"])
-    np.save(f"{folder}/emulated-{form}.npy", s.run(None, {s.get_inputs()[0].name: x})[0])
+runs, folder = json.loads(sys.argv[1]), sys.argv[2]
+for model, inputs, outputs in runs:  # each file as written, in plain ONNX Runtime
+    s = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    np.save(outputs, s.run(None, {s.get_inputs()[0].name: np.load(inputs)})[0])
 from wattless import kernels
 from wattless.errors import KernelError
 from wattless.runtime import load
-out["probe_exact"] = kernels.u8s8_exact()
-np.save(f"{folder}/emulated-runtime.npy", load(f"{folder}/portable.onnx")(x))
+out = {"probe_exact": kernels.u8s8_exact()}
+np.save(f"{folder}/emulated-runtime.npy", load(f"{folder}/portable.onnx")(np.load(f"{folder}/x.npy")))
 try:
     load(f"{folder}/vnni.onnx")
     out["refused"] = None
@@ -167,19 +195,32 @@ print(json.dumps(out))
 
 @pytest.mark.skipif(shutil.which("qemu-x86_64") is None or platform.machine() != "x86_64",
                     reason="needs qemu-user (qemu-x86_64) on x86-64 to emulate AVX2 without VNNI")
-def test_exports_are_exact_on_avx2_without_vnni(exports):
+def test_exports_are_exact_on_avx2_without_vnni(exports, other_kernels):
     folder, _, _, _ = exports
+    other, names = other_kernels
+    runs = [(str(folder / f"{f}.onnx"), str(folder / "x.npy"), str(folder / f"emulated-{f}.npy"))
+            for f in kernels.INT8_KERNELS]
+    runs += [(str(other / f"{n}.onnx"), str(other / f"{n}.npy"), str(other / f"emulated-{n}.npy")) for n in names]
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMP")} | {"OMP_NUM_THREADS": "1"}
-    done = subprocess.run(["qemu-x86_64", "-cpu", "Haswell-v4", sys.executable, "-c", _EMULATED, str(folder)],
-                          capture_output=True, text=True, timeout=600, env=env)
+    done = subprocess.run(["qemu-x86_64", "-cpu", "Haswell-v4", sys.executable, "-c", _EMULATED, json.dumps(runs),
+                           str(folder)], capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
-    ref, host = np.load(folder / "torch.npy"), load(folder / "portable.onnx", kernels="as-written")(
-        np.load(folder / "x.npy"))
     assert seen["probe_exact"] is False  # the emulated CPU saturates, as AMD Zen 3 does
-    assert np.array_equal(np.load(folder / "emulated-portable.npy"), host)  # bit for bit the host's answer
+    for model, inputs, emulated in runs[:1] + runs[2:]:  # bit for bit the host's answers, every kernel
+        assert np.array_equal(np.load(emulated), load(model, kernels="as-written")(np.load(inputs))), model
+    ref, host = np.load(folder / "torch.npy"), np.load(runs[0][2])
     assert np.array_equal(np.load(folder / "emulated-runtime.npy"), host)
     np.testing.assert_allclose(host, ref, rtol=1e-3, atol=1e-3)
     vnni = np.load(folder / "emulated-vnni.npy")  # what the s8 form gives there: why portable is the default
     assert np.abs(vnni - ref).max() > 100 * (1e-3 + 1e-3 * np.abs(ref).max())
     assert seen["refused"] and "--int8-kernel portable" in seen["refused"]
+
+
+def test_other_kernels_are_portable(other_kernels):
+    other, names = other_kernels
+    ops = set()
+    for n in names:
+        assert saturating_products(other / f"{n}.onnx") == []
+        ops |= {p.op_type for p in kernels.integer_products(other / f"{n}.onnx")}
+    assert {"ConvInteger", "QLinearConv", "MatMulInteger"} <= ops
