@@ -20,7 +20,6 @@ import copy
 import fcntl
 import hashlib
 import json
-import logging
 import math
 import os
 import pickle
