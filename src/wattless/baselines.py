@@ -33,8 +33,8 @@ from wattless.errors import WattlessError
 
 __all__ = [
     "Baseline", "Calibration", "PricedAs", "Built", "BASELINES", "DEFAULT", "PTQ", "ALIASES", "ENERGY_INPUTS",
-    "CALIBRATION_METHODS", "REVISION", "get", "canonical", "run_baselines", "choose_ptq",
-    "export_onnx", "OrtModule", "ort_quantize_dynamic", "ort_quantize_static", "torch_dynamic_int8",
+    "CALIBRATION_METHODS", "REVISION", "get", "canonical", "run_baselines", "choose_ptq", "describe_ptq",
+    "ptq_summary", "export_onnx", "OrtModule", "ort_quantize_dynamic", "ort_quantize_static", "torch_dynamic_int8",
 ]
 
 def _as_kwargs(example: Any) -> dict[str, torch.Tensor]:
@@ -390,3 +390,39 @@ def choose_ptq(rows: Mapping[str, Mapping[str, Any]], target: str, reference: fl
 
 def _points(within: float) -> str:
     return f"{100 * within:g} point" + ("" if 100 * within == 1 else "s")
+
+
+def _metric_text(value: float, metric_name: str) -> str:
+    return f"{100 * value:.1f}%" if metric_name == "accuracy" else f"{value:.4f}"
+
+
+def describe_ptq(summary: Mapping[str, Any], metric_name: str) -> str:
+    """The comparison with post-training quantization in words, from a search summary: the cheapest PTQ
+    baseline within the tolerance, or, when none is, that fact and the ratio against the most accurate one."""
+    s = summary
+    if s.get("best_ptq") is not None:
+        ratio = f"{s['ratio_vs_best_ptq']:.1f}x lower than " if s.get("ratio_vs_best_ptq") else ""
+        return (f"{ratio}the best post-training quantization within {_points(s['within'])} of fp32 "
+                f"({s['best_ptq']}, {_metric_text(s['best_ptq_metric'], metric_name)})")
+    if s.get("most_accurate_ptq") is None:
+        return "no post-training quantization baseline ran"
+    ratio = f"; {s['ratio_vs_most_accurate_ptq']:.1f}x lower than it" if s.get("ratio_vs_most_accurate_ptq") else ""
+    return (f"no post-training quantization baseline is within {_points(s['within'])} of fp32 (the most "
+            f"accurate: {s['most_accurate_ptq']}, {_metric_text(s['most_accurate_ptq_metric'], metric_name)}){ratio}")
+
+
+def ptq_summary(results: Mapping[str, Any]) -> dict[str, Any]:
+    """A results.json's summary, its PTQ comparison chosen by `choose_ptq` where the file predates that rule
+    (then it named the lowest-energy PTQ baseline whatever its metric)."""
+    s = dict(results.get("summary") or {})
+    if "best_ptq_within" in s:
+        return s
+    for key in [k for k in s if "ptq" in k]:
+        del s[key]
+    fp32 = (results.get("baselines") or {}).get("fp32") or {}
+    s.update(choose_ptq(results.get("baselines") or {}, results["target"], fp32.get("metric"), s.get("within", 0.01)))
+    if s.get("energy_j"):
+        for name in ("best_ptq", "most_accurate_ptq"):
+            if s.get(name) is not None:
+                s[f"ratio_vs_{name}"] = s[f"{name}_energy_j"] / s["energy_j"]
+    return s
