@@ -1191,12 +1191,14 @@ class _View:
     """Progress bars of the primary worker: baselines, trials of the whole study, the running trial's epochs."""
 
     def __init__(self, enabled: bool, total: int | None = None, console=None) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+        from wattless._progress import progress_bar
 
         self.total = total
-        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), disable=not enabled,
-                            console=console)
+        self.bar = progress_bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[status]}"), TimeElapsedColumn(), disable=not enabled,
+                                console=console)
         self._search = self._trial = None
 
     def __enter__(self) -> "_View":
