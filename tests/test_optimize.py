@@ -42,6 +42,7 @@ def test_optimize_writes_model_recipe_and_metrics(tmp_path):
     assert {"quantize", "prune", "act_sparsity"} <= set(on_disk["techniques"])
     assert on_disk["objective"]["soft_energy_j"] > 0 and "soft_hard_gap" in on_disk["objective"]
     assert on_disk["ptq_int8"]["accuracy"] > 0.5
+    assert on_disk["ptq_int8"]["name"] in {"torch-dynamic-int8", "ort-dynamic-int8", "ort-static-int8"}  # as search's
     assert (tmp_path / "cache" / "baselines").is_dir()  # the baseline is cached for the next run
 
 

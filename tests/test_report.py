@@ -97,6 +97,24 @@ def test_report_is_self_contained_with_png_copies(tmp_path):
         assert needle in text, needle
 
 
+def test_an_old_results_file_gets_the_honest_ptq_comparison(tmp_path):
+    """A results.json written before the tolerance rule named the cheapest PTQ baseline whatever its metric."""
+    results = make_results()
+    results["baselines"]["ort-static-int8"]["metric"] = 0.91  # 4.3 points below fp32, still named best before
+    text = build_report(write(tmp_path / "s", results)).read_text()
+    assert "the best post-training quantization within 1 point of fp32 (torch-dynamic-int8, 95.3%)" in text
+    assert "50.0x lower than the best" in text and "17.8x" not in text
+
+
+def test_no_ptq_within_the_tolerance_is_said_in_the_report(tmp_path):
+    results = make_results()
+    results["baselines"]["torch-dynamic-int8"]["metric"] = 0.93
+    results["baselines"]["ort-static-int8"]["metric"] = 0.91
+    text = build_report(write(tmp_path / "s", results)).read_text()
+    assert "no post-training quantization baseline is within 1 point of fp32 (the most accurate: " \
+           "torch-dynamic-int8, 93.0%); 50.0x lower than it" in text
+
+
 def test_partial_report_before_any_trial_completes(tmp_path):
     page = build_report(write(tmp_path / "s", make_results(with_frontier=False)))
     assert "No frontier point" in page.read_text() and (tmp_path / "s" / "frontier.png").exists()

@@ -25,7 +25,6 @@ is recorded: other work on the cores slows every row.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import platform
@@ -41,14 +40,16 @@ from typing import Any
 
 import numpy as np
 
+from wattless.baselines import ALIASES, BASELINES, ENERGY_INPUTS, run_baselines
 from wattless.errors import BenchError, MeasurementUnavailable
 
-__all__ = ["bench", "print_table", "RUNTIMES", "GUARD_BASELINE"]
+__all__ = ["bench", "print_table", "cpu_features", "RUNTIMES", "GUARD_BASELINE", "CPU_FEATURES"]
 
-RUNTIMES = ("torch-fp32", "torch-dynamic-int8", "ort-fp32", "ort-dynamic-int8", "ort-static-qdq", "wattless")
+RUNTIMES = ("torch-fp32", "torch-dynamic-int8", "ort-fp32", "ort-dynamic-int8", "ort-static-int8", "wattless")
 GUARD_BASELINE = "ort-fp32"
-_ONNX = {"ort-fp32": "fp32.onnx", "ort-dynamic-int8": "dynamic.onnx", "ort-static-qdq": "static.onnx",
-         "wattless": "wattless.onnx"}
+WATTLESS_FILE = "wattless.onnx"
+# every runtime but wattless is a baseline of wattless.baselines, its bench row labelled by its runtime
+_BASELINE_OF = {b.label: b.name for b in BASELINES.values()}
 
 
 # --- inputs ---------------------------------------------------------------------------------------------
@@ -118,7 +119,7 @@ def _load_runtime(spec: dict[str, Any]) -> tuple[Any, Any]:
             def call(x):
                 return model(torch.from_numpy(x))
         return call, model
-    path = workdir / _ONNX[name]
+    path = Path(spec["file"])
     if name == "wattless":
         from wattless.runtime import load
 
@@ -248,45 +249,24 @@ def _torch_sizes(baseline: Any, workdir: Path) -> dict[str, float]:
     return sizes
 
 
-def _onnx_baselines(wl: Any, baseline: Any, workdir: Path, wanted: Sequence[str]) -> None:
-    from wattless.baselines import export_onnx, ort_quantize_dynamic, ort_quantize_static
-
-    if not any(r.startswith("ort-") for r in wanted):
-        return
-    example = wl.example_input(2)
-    fp32 = export_onnx(baseline, example, workdir / _ONNX["ort-fp32"])
-    if "ort-dynamic-int8" in wanted:
-        ort_quantize_dynamic(fp32, workdir / _ONNX["ort-dynamic-int8"])
-    if "ort-static-qdq" in wanted:
-        calib = [wl.prepare_inputs(wl.train.take(slice(i, i + 16)).inputs) for i in range(0, 128, 16)]
-        ort_quantize_static(fp32, workdir / _ONNX["ort-static-qdq"], calib)
-
-
-def _energies(wl: Any, baseline: Any, optimized: Any, samples: list[Any]) -> dict[str, dict[str, float]]:
-    """Estimated joules per inference on every built-in target, per runtime, each input on its own path."""
-    from wattless.energy import set_precision
+def _joules(model: Any, samples: list[Any]) -> dict[str, float]:
     from wattless.optimize import energy_by_target
 
-    def joules(model: Any) -> dict[str, float]:
-        return {k: v["energy_j"] for k, v in energy_by_target(model, samples)[0].items()}
-
-    fp32 = joules(baseline)
-    int8 = joules(set_precision(copy.deepcopy(baseline), "int8", "int8"))
-    out = {"torch-fp32": fp32, "ort-fp32": fp32, "torch-dynamic-int8": int8, "ort-dynamic-int8": int8,
-           "ort-static-qdq": int8}
-    if optimized is not None:
-        out["wattless"] = joules(optimized)
-    return out
+    return {k: v["energy_j"] for k, v in energy_by_target(model, samples)[0].items()}
 
 
-def _samples(wl: Any, x: np.ndarray, encoder: bool, n: int) -> list[Any]:
+def _samples(wl: Any, seq_len: int, encoder: bool, n: int) -> list[Any]:
+    """The inputs energy is counted on: the first n test inputs, as search counts them; for encoders n rows
+    of ``seq_len`` tokens, the length the bench times."""
     import torch
 
-    rows = [x[i : i + 1] for i in range(min(n, len(x)))]
-    if encoder:
-        return [{"input_ids": torch.from_numpy(r), "attention_mask": torch.ones(r.shape, dtype=torch.int64)}
-                for r in rows]
-    return [torch.from_numpy(r) for r in rows]
+    from wattless.optimize import eval_samples
+
+    if not encoder:
+        return eval_samples(wl, n)
+    x = _token_rows(wl, n, seq_len)
+    return [{"input_ids": torch.from_numpy(x[i : i + 1]), "attention_mask": torch.ones((1, seq_len), dtype=torch.int64)}
+            for i in range(n)]
 
 
 def _check_run(run: Path, workload: str) -> None:
@@ -311,7 +291,7 @@ def bench(
     repeats: int = 200,
     seq_len: int = 64,
     runtimes: Sequence[str] = RUNTIMES,
-    energy_samples: int = 8,
+    energy_samples: int = ENERGY_INPUTS,
     max_seconds: float = 60.0,
     rounds: int = 1,
     isolate: bool = True,
@@ -328,6 +308,7 @@ def bench(
     from wattless.workloads import get_workload
 
     say = log or (lambda msg: None)
+    runtimes = [ALIASES.get(r, r) if ALIASES.get(r) in RUNTIMES else r for r in runtimes]
     unknown = [r for r in runtimes if r not in RUNTIMES]
     if unknown or not runtimes:
         raise BenchError(f"unknown runtime(s) {unknown}: choose among {', '.join(RUNTIMES)}")
@@ -363,11 +344,18 @@ def bench(
         baseline = baseline.eval()
         for b in batches:
             np.save(work / f"inputs_b{b}.npy", _inputs(wl, b, seq_len, encoder))
-        _onnx_baselines(wl, baseline, work, runtimes)
+        samples = _samples(wl, seq_len, encoder, energy_samples)
+        say("building the baselines (wattless.baselines: the same definitions search uses)")
+        names = [_BASELINE_OF[r] for r in runtimes if r in _BASELINE_OF]
+        defined = run_baselines(wl, baseline, names, work / "baselines", samples)
+        failed = {n: r["error"] for n, r in defined.items() if r.get("metric") is None}
+        if failed:
+            raise BenchError(f"baseline(s) could not be built here: {failed}")
+        files = {BASELINES[n].label: r["file"] for n, r in defined.items() if r.get("file")}
         sizes = _torch_sizes(baseline, work)
         optimized, export_report = None, None
         if "wattless" in runtimes:
-            target = work / _ONNX["wattless"]
+            target = files["wattless"] = work / WATTLESS_FILE
             if export is not None:
                 shutil.copyfile(export, target)
             else:
@@ -377,12 +365,13 @@ def bench(
                 export_report = export_run(run, target, workload=wl)
             if run is not None:
                 optimized = load_run(run, wl)[0]
-        for name, file in _ONNX.items():
-            if (work / file).exists():
-                sizes[name] = _size_mb(work / file)
+        for name, file in files.items():
+            sizes[name] = _size_mb(Path(file))
         say("estimating energy per runtime")
-        energies = _energies(wl, baseline, optimized, _samples(wl, np.load(work / f"inputs_b{batches[0]}.npy"),
-                                                               encoder, energy_samples))
+        rows_of = {BASELINES[n].label: r for n, r in defined.items()}
+        energies = {label: r["energy_j"] for label, r in rows_of.items()}
+        if optimized is not None:
+            energies["wattless"] = _joules(optimized, samples)
         firsts: dict[str, dict[str, Any]] = {}
         timings: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for round_ in range(rounds):  # round-robin: a burst of other work on the machine hits one round
@@ -390,7 +379,8 @@ def bench(
                 say(f"timing {name}" + (f" (round {round_ + 1} of {rounds})" if rounds > 1 else ""))
                 spec = {"runtime": name, "workload": workload, "workdir": str(work), "batches": batches,
                         "threads": threads, "warmup": warmup, "repeats": repeats, "encoder": encoder,
-                        "measure": measure and round_ == 0, "metric": round_ == 0, "max_seconds": max_seconds}
+                        "file": str(files.get(name, "")), "max_seconds": max_seconds,
+                        "measure": measure and round_ == 0, "metric": round_ == 0 and name not in rows_of}
                 got = _run_worker(spec, isolate, timeout_s)
                 firsts.setdefault(name, got)
                 for r in got["rows"]:
@@ -398,7 +388,8 @@ def bench(
         rows = []
         for name in runtimes:
             got = firsts[name]
-            metrics = got["metrics"] or {}
+            defn = rows_of.get(name, {})
+            metrics = defn.get("metrics") or got["metrics"] or {}
             if got["measured_note"]:
                 notes.add(got["measured_note"])
             for b in batches:
@@ -406,7 +397,9 @@ def bench(
                 rows.append({"runtime": name, **best, "rounds": len(timings[(name, b)]), "size_mb": sizes.get(name),
                              "metric": metrics.get(wl.metric_name), "metric_name": wl.metric_name, "metrics": metrics,
                              "energy_kind": "estimated", "energy_j": energies.get(name, {}),
-                             "measured_energy": got["measured"] if b == batches[0] else None})
+                             "measured_energy": got["measured"] if b == batches[0] else None,
+                             "baseline": _BASELINE_OF.get(name), "note": defn.get("note"),
+                             "calibration": defn.get("calibration")})
         result = _result(wl, rows, batches, threads, warmup, repeats, seq_len if encoder else None, isolate,
                          load_start, sorted(notes), export_report, run, rounds)
     finally:
@@ -447,7 +440,7 @@ def _result(wl: Any, rows: list[dict[str, Any]], batches: list[int], threads: in
         "threads": threads, "batches": batches, "warmup": warmup, "repeats": repeats, "seq_len": seq_len,
         "rounds": rounds,
         "isolated_processes": isolate,
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(),
+        "machine": {"cpu": _cpu_name(), "cpu_features": cpu_features(), "cores": os.cpu_count(),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "onnxruntime": onnxruntime.__version__,
                     "load_average_start": list(load_start), "load_average_end": list(os.getloadavg())},
@@ -459,15 +452,37 @@ def _result(wl: Any, rows: list[dict[str, Any]], batches: list[int], threads: in
     }
 
 
-def _cpu_name() -> str:
+CPU_FEATURES = ("avx2", "avx512_vnni", "avx_vnni", "amx_int8")  # what ONNX Runtime's int8 kernels can use
+
+
+def _cpuinfo() -> str | None:
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            return f.read()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return None
+
+
+def _cpu_name(info: str | None = None) -> str:
+    for line in (info if info is not None else _cpuinfo() or "").splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_features(info: str | None = None) -> dict[str, bool | str]:
+    """{feature: present?} for CPU_FEATURES, from /proc/cpuinfo's flags; "unknown" where there is none."""
+    info = _cpuinfo() if info is None else info
+    flags = next((line.split(":", 1)[1].split() for line in (info or "").splitlines()
+                  if line.startswith(("flags", "Features"))), None)
+    return {f: (f in flags) if flags is not None else "unknown" for f in CPU_FEATURES}
+
+
+def _features_text(features: dict[str, bool | str]) -> str:
+    if all(v == "unknown" for v in features.values()):
+        return "CPU features unknown"
+    have = [f for f, v in features.items() if v is True]
+    return "with " + ", ".join(have) if have else f"without {', '.join(features)}"
 
 
 def guard_lines(result: dict[str, Any]) -> list[str]:
@@ -489,8 +504,9 @@ def print_table(result: dict[str, Any], console: Any = None, target: str = "mobi
     m = result["machine"]
     table = Table(title=f"{result['workload']}: runtimes side by side, {result['threads']} thread(s), "
                         f"{result['repeats']} timed calls" + (f", {result['seq_len']} tokens" if result["seq_len"] else ""),
-                  caption=f"{m['cpu']} ({m['cores']} cores), load average {m['load_average_start'][0]:.1f} -> "
-                          f"{m['load_average_end'][0]:.1f}; energy estimated on {target}")
+                  caption=f"{m['cpu']} ({m['cores']} cores, {_features_text(m.get('cpu_features') or {})}), "
+                          f"load average {m['load_average_start'][0]:.1f} -> {m['load_average_end'][0]:.1f}; "
+                          f"energy estimated on {target}")
     for col in ("runtime", "batch", "p50 ms", "p95 ms", "inputs/s", "vs ort-fp32", "peak RSS MB", "size MB",
                 result["metric_name"], "µJ/inference"):
         table.add_column(col, justify="right" if col != "runtime" else "left")

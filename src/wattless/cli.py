@@ -219,10 +219,11 @@ def optimize(
         table.add_column(col, justify="right")
     base = metrics["baseline_energy_j"][t]
     table.add_row("dense fp32 baseline", f"{metrics['baseline_accuracy']:.4f}", _joules(base), "1x")
-    if "ptq_int8" in metrics:
-        p = metrics["ptq_int8"]
-        table.add_row("post-training int8", f"{p['accuracy']:.4f}", _joules(p["energy_j"][t]),
-                      f"{base / p['energy_j'][t]:.1f}x lower")
+    p = metrics.get("ptq_int8") or {}
+    if p.get("accuracy") is not None:
+        within = "" if p.get("within_tolerance", True) else ", none within 1 point: the most accurate"
+        table.add_row(f"post-training int8 ({p.get('name', 'best')}{within})", f"{p['accuracy']:.4f}",
+                      _joules(p["energy_j"][t]), f"{base / p['energy_j'][t]:.1f}x lower")
     table.add_row("wattless (this run)", f"{metrics['accuracy']:.4f}", _joules(metrics["energy_j"][t]),
                   f"{metrics['energy_ratio'][t]:.1f}x lower")
     console.print(table)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from wattless.baselines import describe_ptq
 from wattless.search import PTQ_BASELINES, SearchResult, search
 
 __all__ = ["demo", "summary_table", "DEMO_WORKLOAD", "DEMO_TARGET", "DEMO_SECONDS", "DEMO_TRIALS"]
@@ -65,6 +66,7 @@ def summary_table(result: SearchResult) -> Table:
             table.add_row(name, "-", "-", "-", f"not run: {row.get('error', '')}")
             continue
         e = row["energy_j"][t]
+        name += " (best PTQ)" if name == s.get("best_ptq") else ""
         table.add_row(name, f"{100 * row['metric']:.1f}%" if result.metric_name == "accuracy" else f"{row['metric']:.4f}",
                       _joules(e), f"{base_j / e:.1f}x" if base_j else "-", f"{row['size_bytes'] / 1024:.1f} KiB")
     return table
@@ -77,5 +79,4 @@ def summary_line(result: SearchResult) -> str:
                 f"({result.trial_counts.get('complete', 0)} trials complete); run again to continue the search")
     return (f"best point within {100 * s['within']:.0f} point of fp32: trial {s['chosen_trial']}, "
             f"{s['metric_drop_points']:.2f} points below fp32, {s['ratio_vs_fp32']:.1f}x lower estimated energy than "
-            f"fp32 and {s.get('ratio_vs_best_ptq', float('nan')):.1f}x lower than the best post-training quantization "
-            f"({s.get('best_ptq')})")
+            f"fp32; {describe_ptq(s, result.metric_name)}")

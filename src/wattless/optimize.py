@@ -7,6 +7,7 @@ import copy
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -121,17 +122,24 @@ def _claim_run_dir(out: Path, identity: dict[str, Any]) -> None:
     marker.write_text(json.dumps({"identity": identity}))
 
 
-def _ptq_int8(baseline: nn.Module, workload: Workload, samples: list[Any]) -> dict[str, Any]:
-    """The post-training int8 quantization a user would reach for first, through the same modules."""
-    from wattless.techniques.quantize import ptq_int8_
+def _ptq_int8(baseline: nn.Module, workload: Workload, samples: list[Any], fp32_metric: float, target: str,
+              within: float = 0.01) -> dict[str, Any]:
+    """The post-training quantization a user would reach for (`wattless.baselines`, as search and bench run
+    it): the lowest-energy PTQ baseline on ``target`` within ``within`` of fp32's metric, else the most accurate one
+    (``within_tolerance`` false), with every PTQ baseline's metric and joules beside it."""
+    from wattless import baselines as bl
 
-    model = copy.deepcopy(baseline)
-    calib = workload.prepare_inputs(workload.train.take(slice(0, 256)).inputs)
-    ptq_int8_(model, calib)
-    metrics = workload.evaluate(model, workload.test)
-    energy, _ = energy_by_target(model, samples)
-    return {"accuracy": metrics[workload.metric_name], "metrics": metrics,
-            "energy_j": {k: v["energy_j"] for k, v in energy.items()}}
+    with tempfile.TemporaryDirectory(prefix="wattless-ptq-") as folder:
+        rows = bl.run_baselines(workload, baseline, ("fp32", *bl.PTQ), folder, samples)
+    choice = bl.choose_ptq(rows, target, fp32_metric, within)
+    name = choice["best_ptq"] or choice.get("most_accurate_ptq")
+    if name is None:
+        return {"accuracy": None, "energy_j": {}, "name": None, "note": choice["best_ptq_note"]}
+    row = rows[name]
+    return {"accuracy": row["metric"], "metrics": row["metrics"], "energy_j": row["energy_j"], "name": name,
+            "note": row["note"], "within_tolerance": choice["best_ptq_within"], "within": within,
+            "baselines": {n: {"metric": r.get("metric"), "energy_j": r.get("energy_j"), "error": r.get("error")}
+                          for n, r in rows.items() if n != "fp32"}}
 
 
 def optimize(
@@ -200,7 +208,8 @@ def optimize(
     report = _metrics(wl, recipe, metrics, base_metrics, hard, base_energy, macs, base_macs, result, techniques,
                       student, objective_target.name, energy)
     if baselines:
-        report["ptq_int8"] = _ptq_int8(baseline, wl, samples)
+        report["ptq_int8"] = _ptq_int8(baseline, wl, samples, base_metrics[wl.metric_name],
+                                        objective_target.name)
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     return report
 

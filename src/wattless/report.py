@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from wattless.baselines import describe_ptq, ptq_summary
 from wattless.errors import SearchError
 
 __all__ = ["build_report", "format_joules", "recipe_summary", "REPORT_FILE", "PLOTS"]
@@ -266,8 +267,9 @@ def _summary_html(results: dict[str, Any]) -> str:
     if s.get("chosen_trial") is None:
         return ("<div class='box'>No frontier point within one metric point of the fp32 baseline yet"
                 f" ({_e(results['trial_counts'].get('complete', 0))} trials complete). Run the same search again to continue it.</div>")
-    ptq = (f"; <b>{s['ratio_vs_best_ptq']:.1f}x</b> lower than the best post-training quantization baseline "
-           f"({_e(s['best_ptq'])}, {format_joules(s['best_ptq_energy_j'])})") if s.get("ratio_vs_best_ptq") else ""
+    s = ptq_summary(results)
+    joules = s.get("best_ptq_energy_j") if s.get("best_ptq") else s.get("most_accurate_ptq_energy_j")
+    ptq = f"; {_e(describe_ptq(s, name))}" + (f", {format_joules(joules)}" if joules else "")
     return (f"<div class='box'>Best point within {100 * s['within']:.0f} point of fp32: <b>trial {s['chosen_trial']}</b>, "
             f"{name} {_metric(s['metric'], name)} (fp32 {_metric(s['fp32_metric'], name)}), "
             f"{format_joules(s['energy_j'])} per inference: <b>{s['ratio_vs_fp32']:.1f}x</b> lower than fp32 "

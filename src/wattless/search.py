@@ -20,7 +20,6 @@ import copy
 import fcntl
 import hashlib
 import json
-import logging
 import math
 import os
 import pickle
@@ -43,6 +42,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from wattless import baselines as bl
 from wattless.energy import Counts, Target, count_each, estimate, resolve_target, set_precision
 from wattless.errors import SearchError, StorageError, WattlessError
 from wattless.optimize import baseline_model, energy_by_target, eval_samples, load_run, optimize
@@ -67,8 +67,8 @@ __all__ = [
 RESULTS_FILE = "results.json"
 CLAIM_FILE = "search.json"
 CLAIM_DEFAULT_STORAGE = "study.db in this folder"
-BASELINES = ("fp32", "torch-dynamic-int8", "ort-dynamic-int8", "ort-static-int8")
-PTQ_BASELINES = BASELINES[1:]
+BASELINES = bl.DEFAULT
+PTQ_BASELINES = tuple(n for n in BASELINES if n in bl.PTQ)
 _HOST = socket.gethostname()
 _MAC_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.Hardswish, nn.ELU)
@@ -482,33 +482,6 @@ class ParetoPruner(TrialPruner):
 
 # --- baselines ----------------------------------------------------------------------------------------------
 
-_BASELINE_NOTES = {
-    "fp32": "the dense fp32 baseline",
-    "torch-dynamic-int8": "PyTorch post-training dynamic int8 (torch.ao quantize_dynamic on Linear layers); energy "
-                          "priced as int8 weights with fp32 activations on Linear layers only, the rest fp32",
-    "ort-dynamic-int8": "ONNX Runtime quantize_dynamic (int8 weights); energy priced as int8 weights with fp32 "
-                        "activations on Linear layers only, the rest fp32",
-    "ort-static-int8": "ONNX Runtime quantize_static (QDQ, per-channel, MinMax calibration on 256 training inputs); "
-                       "energy priced as int8 weights and int8 activations on Linear and Conv layers",
-}
-
-
-def _priced_as(model: nn.Module, kinds: tuple[type, ...], weight: str, act: str) -> nn.Module:
-    """A copy whose layers of ``kinds`` declare the precision a post-training quantized deployment runs at."""
-    priced = copy.deepcopy(model)
-    for m in priced.modules():
-        if isinstance(m, kinds):
-            set_precision(m, weight, act)
-    return priced
-
-
-def _size_bytes(model: nn.Module, sample: Any) -> float:
-    """Weight bytes at their precision, every unit counted (all experts and exit heads)."""
-    with full_path(model):
-        counts = count_each(model, [sample])
-    return float(sum(r["weight_bytes"] for r in counts.mean_records()))
-
-
 def _units(counts: Counts, target: Target) -> list[dict[str, Any]]:
     est = estimate(counts, target)
     return [{"name": u.name, "type": u.type, "energy_j": u.energy_j, "compute_j": u.compute_j,
@@ -532,79 +505,23 @@ def _quiet() -> Iterator[None]:
         optuna.logging.set_verbosity(level)
 
 
-@contextlib.contextmanager
-def _hushed_exporters() -> Iterator[None]:
-    """The ONNX exporter and ONNX Runtime's quantizer log advice on every call (the quantizer on the root
-    logger); none of it concerns the user of a baseline."""
-    names = ("", "torch.onnx", "onnxruntime", "onnxscript")
-    levels = {name: logging.getLogger(name).level for name in names}
-    for name in names:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for name, lvl in levels.items():
-            logging.getLogger(name).setLevel(lvl)
-
-
-def _baseline_row(name: str, baseline: nn.Module, workload: Workload, samples: list[Any], folder: Path,
-                  target: Target) -> dict[str, Any]:
-    from wattless import baselines as bl
-
-    evaluated, priced = baseline, baseline
-    if name == "torch-dynamic-int8":
-        evaluated, priced = bl.torch_dynamic_int8(baseline), _priced_as(baseline, (nn.Linear,), "int8", "fp32")
-    elif name.startswith("ort-"):
-        fp32 = bl.export_onnx(baseline, workload.example_input(1), folder / "fp32.onnx")
-        if name == "ort-dynamic-int8":
-            path = bl.ort_quantize_dynamic(fp32, folder / "dynamic-int8.onnx")
-            priced = _priced_as(baseline, (nn.Linear,), "int8", "fp32")
-        else:
-            calib = [workload.prepare_inputs(workload.train.take(slice(i, i + 32)).inputs)
-                     for i in range(0, 256, 32)]
-            path = bl.ort_quantize_static(fp32, folder / "static-int8.onnx", calib)
-            priced = _priced_as(baseline, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d), "int8", "int8")
-        evaluated = bl.OrtModule(path, threads=1)
-    metrics = workload.evaluate(evaluated, workload.test)
-    energy, macs = energy_by_target(priced, samples)
-    row = {"metric": metrics[workload.metric_name], "metrics": metrics,
-           "energy_j": {k: v["energy_j"] for k, v in energy.items()},
-           "latency_s": {k: v["latency_s"] for k, v in energy.items()},
-           "size_bytes": _size_bytes(priced, samples[0]), "macs": macs, "note": _BASELINE_NOTES[name]}
-    if name == "fp32":
-        row["breakdown"] = _units(count_each(priced, samples), target)
-    return row
-
-
 def compute_baselines(workload: str | Workload, target: str | Target, *, out: str | Path,
-                      names: Sequence[str] = BASELINES, energy_inputs: int = 64, cache: Path | None = None,
+                      names: Sequence[str] = BASELINES, energy_inputs: int = bl.ENERGY_INPUTS,
+                      cache: Path | None = None,
                       on_step: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
-    """What a user would reach for instead, on the same test data and target: {name: {metric, energy_j
-    (every built-in target, estimated), latency_s, size_bytes, note}}. ONNX files go to OUT/baselines/.
-    One that cannot run here (e.g. without onnxruntime) is {metric: None, energy_j: {}, error}."""
+    """What a user would reach for instead, on the same test data and target (`wattless.baselines` defines
+    each): {name: {metric, energy_j (every built-in target, estimated), latency_s, size_bytes, note}}, fp32
+    with its per-unit ``breakdown`` on ``target``. Files go to OUT/baselines/. One that cannot run here (e.g.
+    without onnxruntime) is {metric: None, energy_j: {}, error}."""
     wl = get_workload(workload) if isinstance(workload, str) else workload
     tgt = resolve_target(target) if isinstance(target, str) else target
-    unknown = sorted(set(names) - set(BASELINES))
+    unknown = sorted(set(names) - set(bl.BASELINES))
     if unknown or "fp32" not in names:
-        raise SearchError(f"baselines {unknown or list(names)}: choose among {', '.join(BASELINES)}, fp32 always")
-    folder = Path(out) / "baselines"
-    folder.mkdir(parents=True, exist_ok=True)
+        raise SearchError(f"baselines {unknown or list(names)}: choose among {', '.join(bl.BASELINES)}, fp32 always")
     baseline, _ = baseline_model(wl, progress=False, cache=cache)
     samples = eval_samples(wl, energy_inputs)
-    rows = {}
-    with _hushed_exporters():
-        for name in names:
-            try:
-                rows[name] = _baseline_row(name, baseline, wl, samples, folder, tgt)
-            except Exception as exc:  # noqa: BLE001 - a missing tool leaves a gap, named, not a failed search
-                if name == "fp32":
-                    raise
-                error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                rows[name] = {"metric": None, "energy_j": {}, "error": error, "note": _BASELINE_NOTES[name]}
-            if on_step is not None:
-                on_step(name)
+    rows = bl.run_baselines(wl, baseline, names, Path(out) / "baselines", samples, on_step=on_step)
+    rows["fp32"]["breakdown"] = _units(count_each(baseline, samples), tgt)
     return rows
 
 
@@ -612,7 +529,8 @@ def _cached_baselines(out: Path, wl: Workload, target: Target, names: Sequence[s
                       cache: Path | None, on_step: Callable[[str], None] | None) -> dict[str, dict[str, Any]]:
     """OUT/baselines.json, computed once per folder (a lock keeps two workers sharing a folder from both
     computing it)."""
-    key = {"workload": wl.name, "target": target.name, "names": list(names), "energy_inputs": energy_inputs}
+    key = {"workload": wl.name, "target": target.name, "names": list(names), "energy_inputs": energy_inputs,
+           "revision": bl.REVISION}
     path = out / "baselines.json"
     with open(out / ".baselines.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -1183,27 +1101,29 @@ def _trial_row(t: FrozenTrial, target: str) -> dict[str, Any]:
 def summarize(frontier: list[dict[str, Any]], baselines: dict[str, dict[str, Any]], target: str,
               within: float = 0.01) -> dict[str, Any]:
     """The lowest-energy frontier point within ``within`` of the fp32 baseline's metric (0.01 = one accuracy
-    point), and its energy ratios against fp32 and the lowest-energy post-training quantization baseline."""
+    point), and its energy ratios against fp32 and the best post-training quantization: the lowest-energy
+    PTQ baseline within the same ``within`` of fp32 (`wattless.baselines.choose_ptq`). When none is within,
+    ``best_ptq`` is None, ``best_ptq_note`` says so, and the ratio against the most accurate PTQ baseline
+    (``ratio_vs_most_accurate_ptq``) stands beside it."""
     fp32 = baselines.get("fp32")
+    reference = fp32.get("metric") if fp32 else None
     out: dict[str, Any] = {"target": target, "within": within, "chosen_trial": None}
-    ptq = {n: b for n, b in baselines.items() if n in PTQ_BASELINES and b.get("metric") is not None}
-    if ptq:
-        best = min(ptq, key=lambda n: ptq[n]["energy_j"][target])
-        out.update(best_ptq=best, best_ptq_energy_j=ptq[best]["energy_j"][target],
-                   best_ptq_metric=ptq[best]["metric"])
-    if fp32 is None or fp32.get("metric") is None:
+    out.update(bl.choose_ptq(baselines, target, reference, within))
+    if reference is None:
         return out
-    out.update(fp32_metric=fp32["metric"], fp32_energy_j=fp32["energy_j"][target])
-    near = [p for p in frontier if p["metric"] >= fp32["metric"] - within - 1e-12]
+    out.update(fp32_metric=reference, fp32_energy_j=fp32["energy_j"][target])
+    near = [p for p in frontier if p["metric"] >= reference - within - 1e-12]
     if not near:
         return out
     chosen = min(near, key=lambda p: p["energy_j"][target])
     e = chosen["energy_j"][target]
     out.update(chosen_trial=chosen["trial"], metric=chosen["metric"], energy_j=e,
-               metric_drop_points=100 * (fp32["metric"] - chosen["metric"]),
+               metric_drop_points=100 * (reference - chosen["metric"]),
                ratio_vs_fp32=fp32["energy_j"][target] / e)
-    if ptq:
+    if out["best_ptq"] is not None:
         out["ratio_vs_best_ptq"] = out["best_ptq_energy_j"] / e
+    if out.get("most_accurate_ptq") is not None:
+        out["ratio_vs_most_accurate_ptq"] = out["most_accurate_ptq_energy_j"] / e
     return out
 
 
@@ -1271,12 +1191,14 @@ class _View:
     """Progress bars of the primary worker: baselines, trials of the whole study, the running trial's epochs."""
 
     def __init__(self, enabled: bool, total: int | None = None, console=None) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+        from wattless._progress import progress_bar
 
         self.total = total
-        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), disable=not enabled,
-                            console=console)
+        self.bar = progress_bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[status]}"), TimeElapsedColumn(), disable=not enabled,
+                                console=console)
         self._search = self._trial = None
 
     def __enter__(self) -> "_View":

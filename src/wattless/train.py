@@ -19,10 +19,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from wattless._progress import progress_bar
 from wattless.energy.soft import ExpectedEnergy, unit_costs
 from wattless.energy.target import Target
 from wattless.errors import TrainingError
@@ -249,8 +250,8 @@ def _train(model, workload, settings, techniques, teacher, distill, energy, run_
     if teacher is not None:
         teacher.eval()
     step, loss_value, saved = start_epoch * steps_per_epoch, float("nan"), start_epoch
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[status]}"), TimeRemainingColumn(), disable=not progress, transient=False)
+    bar = progress_bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[status]}"), TimeRemainingColumn(), disable=not progress)
     with bar:
         task_id = bar.add_task(f"training {workload.name}", total=total, completed=step, status="")
         for epoch in range(start_epoch, settings.epochs):
