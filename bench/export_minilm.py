@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from wattless.bench import bench, print_table
+from wattless.bench import AS_WRITTEN, RUNTIMES, bench, print_table
 
 
 def verdict(result: dict) -> tuple[bool, str]:
@@ -49,7 +49,8 @@ def main() -> None:
         sys.exit(f"no finished minilm run at {args.run}: run `python bench/optimize_minilm.py` (or "
                  "`wattless optimize -w minilm -r recipes/minilm-int8.toml -o DIR`) first, or pass --run DIR")
     result = bench("minilm", run=args.run, export=args.export, threads=args.threads, repeats=args.repeats, warmup=20,
-                   seq_len=64, energy_samples=4, rounds=args.rounds, max_seconds=30, json_path=args.json,
+                   seq_len=64, energy_samples=4, rounds=args.rounds, max_seconds=30, runtimes=(*RUNTIMES, AS_WRITTEN),
+                   json_path=args.json,
                    log=lambda msg: console.print(f"[dim]{msg}[/]"))
     print_table(result, console)
     ok, text = verdict(result)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from wattless.bench import bench, print_table
+from wattless.bench import AS_WRITTEN, RUNTIMES, bench, print_table
 from wattless.optimize import optimize
 
 RECIPE = Path(__file__).parents[1] / "recipes" / "mnist1d-npu.toml"
@@ -47,6 +47,7 @@ def main() -> None:
         console.print(f"no finished run at {run}: training {RECIPE.name} there")
         optimize("mnist1d", RECIPE, run, progress=True, baselines=False)
     result = bench("mnist1d", run=run, threads=args.threads, repeats=args.repeats, warmup=100, rounds=args.rounds,
+                   runtimes=(*RUNTIMES, AS_WRITTEN),
                    json_path=args.json,
                    log=lambda msg: console.print(f"[dim]{msg}[/]"))
     print_table(result, console)

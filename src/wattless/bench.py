@@ -42,10 +42,15 @@ import numpy as np
 
 from wattless.baselines import ALIASES, BASELINES, ENERGY_INPUTS, run_baselines
 from wattless.errors import BenchError, MeasurementUnavailable
+from wattless.kernels import CPU_FEATURES, cpu_features, cpu_name, u8s8_exact
 
-__all__ = ["bench", "print_table", "cpu_features", "RUNTIMES", "GUARD_BASELINE", "CPU_FEATURES"]
+__all__ = ["bench", "print_table", "cpu_features", "RUNTIMES", "AS_WRITTEN", "GUARD_BASELINE", "CPU_FEATURES"]
 
 RUNTIMES = ("torch-fp32", "torch-dynamic-int8", "ort-fp32", "ort-dynamic-int8", "ort-static-int8", "wattless")
+# on request: the export exactly as stored, in plain ONNX Runtime (its portable form; wattless.kernels), beside
+# the wattless row (the fastest exact form for this CPU): the cost of a file that is right on every CPU
+AS_WRITTEN = "wattless-as-written"
+_OWN = ("wattless", AS_WRITTEN)
 GUARD_BASELINE = "ort-fp32"
 WATTLESS_FILE = "wattless.onnx"
 # every runtime but wattless is a baseline of wattless.baselines, its bench row labelled by its runtime
@@ -120,10 +125,10 @@ def _load_runtime(spec: dict[str, Any]) -> tuple[Any, Any]:
                 return model(torch.from_numpy(x))
         return call, model
     path = Path(spec["file"])
-    if name == "wattless":
+    if name in _OWN:
         from wattless.runtime import load
 
-        rt = load(path, threads=spec["threads"])
+        rt = load(path, threads=spec["threads"], kernels="as-written" if name == AS_WRITTEN else "auto")
         return (lambda x: rt.run({"input_ids": x}) if spec["encoder"] else rt.run(x)), rt
     from wattless.baselines import OrtModule
 
@@ -141,7 +146,7 @@ def _metric(spec: dict[str, Any], model: Any) -> dict[str, float]:
     from wattless.workloads import get_workload
 
     wl = get_workload(spec["workload"])
-    if spec["runtime"] == "wattless":
+    if spec["runtime"] in _OWN:
         if spec["encoder"]:
             from wattless.export import _encoder_metrics
 
@@ -309,9 +314,9 @@ def bench(
 
     say = log or (lambda msg: None)
     runtimes = [ALIASES.get(r, r) if ALIASES.get(r) in RUNTIMES else r for r in runtimes]
-    unknown = [r for r in runtimes if r not in RUNTIMES]
+    unknown = [r for r in runtimes if r not in (*RUNTIMES, AS_WRITTEN)]
     if unknown or not runtimes:
-        raise BenchError(f"unknown runtime(s) {unknown}: choose among {', '.join(RUNTIMES)}")
+        raise BenchError(f"unknown runtime(s) {unknown}: choose among {', '.join((*RUNTIMES, AS_WRITTEN))}")
     if not batches or any(int(b) < 1 for b in batches):
         raise BenchError(f"batch sizes must be positive integers, got {list(batches)}")
     if threads < 1 or warmup < 0 or repeats < 1 or seq_len < 2 or rounds < 1:
@@ -320,8 +325,8 @@ def bench(
     if run is not None:
         run = Path(run)
         _check_run(run, wl.name)
-    if "wattless" in runtimes and run is None and export is None:
-        runtimes = [r for r in runtimes if r != "wattless"]
+    if set(_OWN) & set(runtimes) and run is None and export is None:
+        runtimes = [r for r in runtimes if r not in _OWN]
         say("no --run given: the wattless row is left out")
     batches = sorted({int(b) for b in batches})
     encoder = wl.name == "minilm"
@@ -353,9 +358,9 @@ def bench(
             raise BenchError(f"baseline(s) could not be built here: {failed}")
         files = {BASELINES[n].label: r["file"] for n, r in defined.items() if r.get("file")}
         sizes = _torch_sizes(baseline, work)
-        optimized, export_report = None, None
-        if "wattless" in runtimes:
-            target = files["wattless"] = work / WATTLESS_FILE
+        optimized, export_report, kernel_notes = None, None, {}
+        if set(_OWN) & set(runtimes):
+            target = files["wattless"] = files[AS_WRITTEN] = work / WATTLESS_FILE
             if export is not None:
                 shutil.copyfile(export, target)
             else:
@@ -365,13 +370,14 @@ def bench(
                 export_report = export_run(run, target, workload=wl)
             if run is not None:
                 optimized = load_run(run, wl)[0]
+            kernel_notes = _kernel_notes(target)
         for name, file in files.items():
             sizes[name] = _size_mb(Path(file))
         say("estimating energy per runtime")
         rows_of = {BASELINES[n].label: r for n, r in defined.items()}
         energies = {label: r["energy_j"] for label, r in rows_of.items()}
         if optimized is not None:
-            energies["wattless"] = _joules(optimized, samples)
+            energies["wattless"] = energies[AS_WRITTEN] = _joules(optimized, samples)
         firsts: dict[str, dict[str, Any]] = {}
         timings: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for round_ in range(rounds):  # round-robin: a burst of other work on the machine hits one round
@@ -398,7 +404,7 @@ def bench(
                              "metric": metrics.get(wl.metric_name), "metric_name": wl.metric_name, "metrics": metrics,
                              "energy_kind": "estimated", "energy_j": energies.get(name, {}),
                              "measured_energy": got["measured"] if b == batches[0] else None,
-                             "baseline": _BASELINE_OF.get(name), "note": defn.get("note"),
+                             "baseline": _BASELINE_OF.get(name), "note": defn.get("note") or kernel_notes.get(name),
                              "calibration": defn.get("calibration")})
         result = _result(wl, rows, batches, threads, warmup, repeats, seq_len if encoder else None, isolate,
                          load_start, sorted(notes), export_report, run, rounds)
@@ -409,6 +415,14 @@ def bench(
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(result, indent=2))
     return result
+
+
+def _kernel_notes(path: Path) -> dict[str, str]:
+    """What form the integer products of the wattless rows run in (wattless.kernels)."""
+    from wattless.runtime import load
+
+    return {"wattless": f"integer products: {load(path).kernels.note}",
+            AS_WRITTEN: "the file as written, in plain ONNX Runtime (integer products in its stored form)"}
 
 
 def _guard(rows: list[dict[str, Any]], batches: list[int]) -> dict[str, Any]:
@@ -440,7 +454,8 @@ def _result(wl: Any, rows: list[dict[str, Any]], batches: list[int], threads: in
         "threads": threads, "batches": batches, "warmup": warmup, "repeats": repeats, "seq_len": seq_len,
         "rounds": rounds,
         "isolated_processes": isolate,
-        "machine": {"cpu": _cpu_name(), "cpu_features": cpu_features(), "cores": os.cpu_count(),
+        "machine": {"cpu": cpu_name(), "cpu_features": cpu_features(), "u8s8_exact": u8s8_exact(),
+                    "cores": os.cpu_count(),
                     "python": platform.python_version(), "torch": torch.__version__,
                     "onnxruntime": onnxruntime.__version__,
                     "load_average_start": list(load_start), "load_average_end": list(os.getloadavg())},
@@ -450,32 +465,6 @@ def _result(wl: Any, rows: list[dict[str, Any]], batches: list[int], threads: in
         "export": export_report.to_json() if export_report is not None else None,
         "rows": rows,
     }
-
-
-CPU_FEATURES = ("avx2", "avx512_vnni", "avx_vnni", "amx_int8")  # what ONNX Runtime's int8 kernels can use
-
-
-def _cpuinfo() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def _cpu_name(info: str | None = None) -> str:
-    for line in (info if info is not None else _cpuinfo() or "").splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def cpu_features(info: str | None = None) -> dict[str, bool | str]:
-    """{feature: present?} for CPU_FEATURES, from /proc/cpuinfo's flags; "unknown" where there is none."""
-    info = _cpuinfo() if info is None else info
-    flags = next((line.split(":", 1)[1].split() for line in (info or "").splitlines()
-                  if line.startswith(("flags", "Features"))), None)
-    return {f: (f in flags) if flags is not None else "unknown" for f in CPU_FEATURES}
 
 
 def _features_text(features: dict[str, bool | str]) -> str:

@@ -36,7 +36,7 @@ import numpy as np
 from wattless.errors import KernelError
 
 __all__ = ["INT8_KERNELS", "IntegerProduct", "KernelChoice", "integer_products", "to_portable", "to_fast",
-           "u8s8_exact", "cpu_features", "for_this_cpu", "PAIR_LIMIT", "A_MAX"]
+           "u8s8_exact", "cpu_features", "cpu_name", "CPU_FEATURES", "for_this_cpu", "PAIR_LIMIT", "A_MAX"]
 
 INT8_KERNELS = ("portable", "vnni")
 PAIR_LIMIT = 32767  # int16: where vpmaddubsw saturates a pair of u8 x s8 products
@@ -251,32 +251,37 @@ def u8s8_exact() -> bool:
     return bool((y == exact).all() and (c == min(255, round(exact * 1e-4))).all())
 
 
-@functools.cache
-def cpu_features() -> dict[str, Any]:
-    """The CPU's model name and the features that decide integer kernels, from /proc/cpuinfo on Linux."""
-    flags: set[str] = set()
-    name = ""
+CPU_FEATURES = ("avx2", "avx512_vnni", "avx_vnni", "amx_int8")  # what ONNX Runtime's int8 kernels can use
+
+
+def _cpuinfo() -> str | None:
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        text = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key in ("model name", "Model") and not name:
-            name = value.strip()
-        elif key in ("flags", "Features") and not flags:
-            flags = set(value.split())
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
-    return {"machine": platform.machine(), "model": name or platform.processor() or "unknown",
-            **{f: (f in flags) for f in wanted}, "flags_known": bool(flags)}
+        return None
+
+
+def cpu_name(info: str | None = None) -> str:
+    """The CPU's model name, from /proc/cpuinfo where there is one."""
+    for line in (info if info is not None else _cpuinfo() or "").splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_features(info: str | None = None) -> dict[str, bool | str]:
+    """{feature: present?} for CPU_FEATURES, from /proc/cpuinfo's flags; "unknown" where there is none."""
+    info = _cpuinfo() if info is None else info
+    flags = next((line.split(":", 1)[1].split() for line in (info or "").splitlines()
+                  if line.startswith(("flags", "Features"))), None)
+    return {f: (f in flags) if flags is not None else "unknown" for f in CPU_FEATURES}
 
 
 def _missing_feature() -> str:
-    cpu = cpu_features()
-    if cpu["machine"] in ("x86_64", "AMD64") and cpu["flags_known"] and not (cpu["avx512_vnni"] or cpu["avx_vnni"]):
+    features = cpu_features()
+    if platform.machine() in ("x86_64", "AMD64") and features["avx512_vnni"] is False and features["avx_vnni"] is False:
         return "this CPU lacks AVX-512 VNNI and AVX-VNNI"
-    return f"ONNX Runtime's u8 x s8 kernel on this CPU ({cpu['model']}) failed the saturation probe"
+    return f"ONNX Runtime's u8 x s8 kernel on this CPU ({cpu_name()}) failed the saturation probe"
 
 
 def for_this_cpu(model: Any, path: str | Path = "the model") -> KernelChoice:
