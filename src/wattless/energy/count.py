@@ -292,11 +292,12 @@ class CounterBug(RuntimeError):
 class _Tracer(TorchDispatchMode):
     """Charges each aten op's work to the innermost module on the stack."""
 
-    def __init__(self, stack: list[nn.Module], names: dict[int, str], param_storages: set[int]) -> None:
+    def __init__(self, stack: list[nn.Module], names: dict[int, str], param_storages: set[int],
+                 weight_cache: dict[tuple, _WeightStats] | None = None) -> None:
         super().__init__()
         self.stack, self.names, self.param_storages = stack, names, param_storages
         self.units: dict[str, UnitCount] = {}
-        self._wcache: dict[tuple, _WeightStats] = {}
+        self._wcache: dict[tuple, _WeightStats] = {} if weight_cache is None else weight_cache
         self.flow: str | None = None  # activation precision of the last matrix op, carried to element ops
         self.live: dict[int, tuple[float, torch.Tensor]] = {}  # storage -> live channel fraction
         self.kv: dict[int, torch.Tensor] = {}  # storages of KV-cache tensors (held so they are not reused)
@@ -589,8 +590,11 @@ def count(model: nn.Module, inputs: Any, *, max_inputs: int = 64) -> Counts:
     return count_each(model, split_inputs(inputs)[:max_inputs])
 
 
-def count_each(model: nn.Module, samples: list[Any]) -> Counts:
-    """Trace ``model`` once per element of ``samples`` (each a complete model input, batch 1)."""
+def count_each(model: nn.Module, samples: list[Any], *, weight_cache: dict | None = None) -> Counts:
+    """Trace ``model`` once per element of ``samples`` (each a complete model input, as given).
+
+    ``weight_cache``: a dict kept across calls on the same, unchanged model, so that its weights' density
+    and sparsity pattern are computed once (keyed by each parameter's address and version)."""
     names = {id(m): (n or "(root)") for n, m in model.named_modules()}
     param_storages = {_storage_key(t) for t in [*model.parameters(), *model.buffers()]}
     stack: list[nn.Module] = []
@@ -620,7 +624,7 @@ def count_each(model: nn.Module, samples: list[Any]) -> Counts:
         for sample in samples:
             stack.clear()
             calls.clear()
-            tracer = _LOCAL.tracer = _Tracer(stack, names, param_storages)
+            tracer = _LOCAL.tracer = _Tracer(stack, names, param_storages, weight_cache)
             with torch.no_grad(), _FusedMetaAttention(), tracer:
                 try:
                     run_model(model, sample)

@@ -192,13 +192,14 @@ def count_decode(
     cache_arg, skip_logits = _forward_kwargs(model)
     cache = _cache_class()(config=getattr(model, "config", None))
     first = {"input_ids": ids, cache_arg: cache, "use_cache": True, **({"logits_to_keep": 1} if skip_logits else {})}
-    prefill = count_each(model, [first])
+    weights: dict = {}  # weight statistics, computed once for all the traces
+    prefill = count_each(model, [first], weight_cache=weights)
     step_input = {"input_ids": ids[:, -1:], cache_arg: cache, "use_cache": True}
     lengths = list(range(p, p + new_tokens)) if exact else sorted({p, p + new_tokens - 1})
     traced: list[dict[str, UnitCount]] = []
     for length in lengths:
         _pad_cache(cache, length - cache.get_seq_length())
-        traced.append(count_each(model, [step_input]).samples[0])
+        traced.append(count_each(model, [step_input], weight_cache=weights).samples[0])
     if exact or len(lengths) == 1:
         samples = traced
     else:  # affine in the cache length: c(L) = c(L0) + (L - L0) / (L1 - L0) * (c(L1) - c(L0))
