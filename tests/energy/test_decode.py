@@ -114,7 +114,9 @@ def test_kv_bytes_grow_linearly_with_the_context(batch):
         assert _sum(c.prefill.samples[0], "kv_write_bytes") == per_token * p * batch
 
 
-_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+# Up to 1024 sequences (vLLM's default is 256). Beyond that one layer's activations outgrow even a GPU's
+# 50 MB L2 and spill to DRAM, and joules per token rise again by a few per cent.
+_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 @lru_cache(maxsize=1)
@@ -146,7 +148,9 @@ def test_energy_per_token_falls_with_batch(target, i, step):
 def test_energy_per_token_flattens_where_compute_dominates(target):
     e = _per_token_by_batch()[target]
     first, last = e[0] / e[1], e[-2] / e[-1]  # gain from doubling the batch, at the two ends
-    assert first > 1.2 and last < 1.1 and last < first
+    assert first > 1.1 and last < 1.15 and last < first
+    if target in ("datacenter-gpu", "mobile-npu", "server-cpu"):  # memory bound at batch 1: doubling ~halves
+        assert first > 1.9
 
 
 def test_8b_profile_is_fast_and_small():
