@@ -257,7 +257,7 @@ class DecodeProfile:
     def _split(self, target: str) -> dict[str, float]:
         c, b = self.counts, self.counts.batch
         pre, dec = self.prefill[target], self.decode[target]
-        parts = {k: getattr(pre, k) / b + c.new_tokens * getattr(dec, k) / b for k in ("compute_j", "memory_j", "static_j")}
+        parts = {k: (getattr(pre, k) + c.new_tokens * getattr(dec, k)) / b for k in ("compute_j", "memory_j", "static_j")}
         energy, latency = self.per_request(target)
         return {"kind": "estimated", "target": target, "energy_j": energy, "energy_j_mean": energy,
                 "energy_j_p50": energy, "energy_j_p95": energy, "latency_s": latency, **parts}
@@ -272,7 +272,8 @@ class DecodeProfile:
             rec["energy_j"], rec["latency_s"] = {}, {}
         by_name = {r["name"]: r for r in records}
         for t in self.decode:
-            for est, scale, lat_scale in ((self.prefill[t], 1 / c.batch, 1.0), (self.decode[t], c.new_tokens / c.batch, c.new_tokens)):
+            shares = ((self.prefill[t], 1 / c.batch, 1.0), (self.decode[t], c.new_tokens / c.batch, c.new_tokens))
+            for est, scale, lat_scale in shares:  # energy: the sequence's share; time: the steps it waits for
                 for u in est.units:
                     rec = by_name[u.name]
                     rec["energy_j"][t] = rec["energy_j"].get(t, 0.0) + u.energy_j * scale
