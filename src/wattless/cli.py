@@ -79,6 +79,20 @@ def _profile_table(result, target_name: str, top: int) -> Table:
     return table
 
 
+def _decode_table(out: dict) -> Table:
+    cfg, pre, dec, req = out["decode_config"], out["prefill"], out["decode"], out["per_request"]
+    table = Table(title=f"P = {cfg['prompt_tokens']} prompt tokens, N = {cfg['new_tokens']} new, batch {cfg['batch']}: "
+                        "[bold]estimated[/] (not measured)", caption="; ".join(out["notes"]) or None)
+    for col in ("target", "prefill (per request)", "time to first token", "J per token", "s per token",
+                "tokens/s (batch)", "J per request"):
+        table.add_column(col, justify="right")
+    for t in dec["energy_j"]:
+        tps = dec["tokens_per_s"][t]
+        table.add_row(t, _joules(pre["energy_j"][t]), _seconds(pre["latency_s"][t]), _joules(dec["energy_j"][t]),
+                      _seconds(dec["latency_s"][t]), f"{tps:.3g}" if tps else "-", _joules(req["energy_j"][t]))
+    return table
+
+
 @app.command()
 def profile(
     spec: Annotated[str, typer.Argument(help="built-in model name, path/to/file.py:factory or package.module:factory")],
@@ -89,8 +103,12 @@ def profile(
     act_precision: Annotated[Optional[str], typer.Option(help="assume every activation runs at this precision")] = None,
     measure: Annotated[bool, typer.Option("--measure", help="also measure joules with this machine's counter")] = False,
     top: Annotated[int, typer.Option(help="units shown per table")] = 20,
+    decode: Annotated[bool, typer.Option("--decode", help="decoder LM: price a prefill and KV-cached decode steps, per token")] = False,
+    prompt_tokens: Annotated[Optional[int], typer.Option(help="--decode: prompt length P (default: the example's)")] = None,
+    new_tokens: Annotated[int, typer.Option(help="--decode: decode steps N")] = 128,
+    batch: Annotated[int, typer.Option(help="--decode: sequences decoded together")] = 1,
 ) -> None:
-    """Count a model's work and estimate joules per inference on hardware targets."""
+    """Count a model's work and estimate joules per inference (or, with --decode, per token) on hardware targets."""
     from wattless.energy import profile as run_profile, resolve_target, set_precision
     from wattless.spec import example_from_shape, load_model, parse_shape
 
@@ -106,6 +124,17 @@ def profile(
             set_precision(model, weight_precision, act_precision)
         except ValueError as exc:
             _fail(str(exc))
+    if decode:
+        from wattless.energy.decode import profile_decode
+
+        if measure:
+            _fail("--measure is not available with --decode (decode profiles are estimated only)")
+        result = profile_decode(model, inputs, targets, prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch=batch)
+        if as_json:
+            sys.stdout.write(json.dumps({"model": spec, **result.to_json()}) + "\n")
+        else:
+            console.print(_decode_table(result.to_json()))
+        return
     result = run_profile(model, inputs, targets, measure_energy=measure)
     if as_json:
         out = {"model": spec, **result.to_json()}

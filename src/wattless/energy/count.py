@@ -6,7 +6,11 @@ multiply-accumulates, weight and activation density, the weight sparsity pattern
 and synaptic events. MAC formulas come from ``torch.utils.flop_counter`` where torch has one.
 
 Counts are per inference: with a batch of example inputs, each input is traced on its own (batch 1), so a
-model whose path depends on its input gets one count per input.
+model whose path depends on its input gets one count per input (``count_each`` takes whole batches as given).
+
+Models on the meta device are counted from shapes alone: every density is then 1 (dense assumed), and
+attention is charged as one fused kernel whichever kernel torch would pick. A KV cache that calls
+``kv_cache_update`` has its reads and writes counted as KV-cache bytes, apart from activations.
 """
 
 from __future__ import annotations
@@ -20,13 +24,16 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.utils.parametrize import ParametrizationList
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from wattless.energy.precision import Precision, dtype_precision, mac_precision, parse_precision
 from wattless.errors import InputError
 
-__all__ = ["OpCount", "UnitCount", "Counts", "count", "count_each", "split_inputs", "run_model", "uncounted"]
+__all__ = [
+    "OpCount", "UnitCount", "Counts", "count", "count_each", "split_inputs", "run_model", "uncounted", "kv_cache_update",
+]
 
 aten = torch.ops.aten
 _LOCAL = threading.local()
@@ -41,6 +48,15 @@ def uncounted() -> Iterator[None]:
         yield
     finally:
         _LOCAL.depth -= 1
+
+
+def kv_cache_update(written: Sequence[torch.Tensor], cached: Sequence[torch.Tensor]) -> None:
+    """Called by a KV cache inside a counted forward: it stored ``written`` (the new keys and values) and
+    now holds ``cached``. The write is charged to the running unit as KV-cache bytes, and later reads of
+    ``cached`` are counted as KV-cache reads. Outside a count this does nothing."""
+    tracer = getattr(_LOCAL, "tracer", None)
+    if tracer is not None and tracer.stack:
+        tracer.kv_update(written, cached)
 
 
 @dataclass
@@ -61,6 +77,8 @@ class OpCount:
     bias_bytes: float = 0.0
     act_read_bytes: float = 0.0
     act_write_bytes: float = 0.0
+    kv_read_bytes: float = 0.0  # KV-cache bytes read (attention over the cache)
+    kv_write_bytes: float = 0.0  # KV-cache bytes written (the new tokens' keys and values)
     events: float = 0.0  # non-zero input activations x fan-out (synaptic events)
     outputs: float = 0.0  # output elements of MAC ops (neuron updates on event-driven targets)
 
@@ -119,6 +137,8 @@ class UnitCount:
             "weight_bytes": self._sum("weight_bytes") + self._sum("bias_bytes"),
             "act_read_bytes": self._sum("act_read_bytes"),
             "act_write_bytes": self._sum("act_write_bytes"),
+            "kv_read_bytes": self._sum("kv_read_bytes"),
+            "kv_write_bytes": self._sum("kv_write_bytes"),
             "events": self._sum("events"),
         }
 
@@ -130,6 +150,7 @@ class Counts:
     samples: list[dict[str, UnitCount]]
     params: int
     unit_order: list[str]
+    dense_assumed: bool = False  # counted from shapes (meta tensors): densities taken as 1
 
     @property
     def n(self) -> int:
@@ -202,6 +223,8 @@ def _tensors(obj) -> list[torch.Tensor]:
 
 def _storage_key(t: torch.Tensor) -> int:
     try:
+        if t.is_meta:  # meta storages have no address; the storage object's handle is unique while it lives
+            return t.untyped_storage()._cdata
         return t.untyped_storage().data_ptr()
     except (RuntimeError, NotImplementedError):
         return -1
@@ -217,8 +240,8 @@ def _dense_numel(t: torch.Tensor) -> int:
 
 def _density(t: torch.Tensor) -> float:
     """Fraction of non-zero elements. Counting on a strided view is slow, so count on its storage order."""
-    if t.numel() == 0:
-        return 1.0
+    if t.numel() == 0 or t.is_meta:
+        return 1.0  # no values to look at: dense assumed
     if not t.is_contiguous():
         order = sorted(range(t.dim()), key=lambda d: t.stride(d), reverse=True)
         permuted = t.permute(order)
@@ -269,13 +292,40 @@ class CounterBug(RuntimeError):
 class _Tracer(TorchDispatchMode):
     """Charges each aten op's work to the innermost module on the stack."""
 
-    def __init__(self, stack: list[nn.Module], names: dict[int, str], param_storages: set[int]) -> None:
+    def __init__(self, stack: list[nn.Module], names: dict[int, str], param_storages: set[int],
+                 weight_cache: dict[tuple, _WeightStats] | None = None) -> None:
         super().__init__()
         self.stack, self.names, self.param_storages = stack, names, param_storages
         self.units: dict[str, UnitCount] = {}
-        self._wcache: dict[tuple, _WeightStats] = {}
+        self._wcache: dict[tuple, _WeightStats] = {} if weight_cache is None else weight_cache
         self.flow: str | None = None  # activation precision of the last matrix op, carried to element ops
         self.live: dict[int, tuple[float, torch.Tensor]] = {}  # storage -> live channel fraction
+        self.kv: dict[int, torch.Tensor] = {}  # storages of KV-cache tensors (held so they are not reused)
+
+    # -- KV cache --------------------------------------------------------------------------------------
+    def _kv_bits(self, t: torch.Tensor) -> float:
+        for module in reversed(self.stack):
+            declared = getattr(module, "wattless_kv_precision", None)
+            if declared is not None:
+                return parse_precision(declared).bits
+        return dtype_precision(t.dtype).bits
+
+    def kv_update(self, written: Sequence[torch.Tensor], cached: Sequence[torch.Tensor]) -> None:
+        nbytes = sum(t.numel() * self._kv_bits(t) / 8 for t in written)
+        _, ap = self._precisions(None, written[0])
+        self._add(OpCount(weight_precision=ap, act_precision=ap, kv_write_bytes=nbytes))
+        for t in cached:
+            self.kv[_storage_key(t)] = t
+
+    def _reads(self, tensors: Sequence[torch.Tensor], a_bytes: float) -> tuple[float, float]:
+        """(activation bytes, KV-cache bytes) read from ``tensors``; cache tensors at the cache's precision."""
+        act = kv = 0.0
+        for t in tensors:
+            if self.kv and _storage_key(t) in self.kv:
+                kv += t.numel() * self._kv_bits(t) / 8
+            else:
+                act += t.numel() * a_bytes
+        return act, kv
 
     # -- attribution ---------------------------------------------------------------------------------
     def _unit(self) -> UnitCount:
@@ -394,6 +444,7 @@ class _Tracer(TorchDispatchMode):
             b_bits = 32  # integer kernels keep int32 biases
         b_bytes = _dense_numel(bias) * b_bits / 8 if b_bits else 0.0
         w_bytes = _dense_numel(other) * parse_precision(wp).bits / 8
+        other_act, other_kv = (0.0, 0.0) if is_w else self._reads([other], a_bytes)
         self._add(OpCount(
             macs=macs, macs_kept=kept, macs_nz_weight=macs * stats.density, macs_nz_act=kept * a_density,
             macs_nz_both=macs * stats.density * a_density, weight_pattern=stats.pattern,
@@ -403,7 +454,7 @@ class _Tracer(TorchDispatchMode):
             weight_bytes=w_bytes * stats.kept if is_w else 0.0,
             weight_nz_bytes=w_bytes * stats.density if is_w else 0.0, bias_bytes=b_bytes,
             # removed input channels are not read, removed output channels not written
-            act_read_bytes=a_bytes * (act.numel() * stats.kept_in + (0 if is_w else _dense_numel(other))),
+            act_read_bytes=a_bytes * act.numel() * stats.kept_in + other_act, kv_read_bytes=other_kv,
             act_write_bytes=a_bytes * out.numel() * stats.kept_rows,
             events=macs * a_density * stats.density, outputs=float(out.numel()) * stats.kept_rows,
         ))
@@ -418,10 +469,11 @@ class _Tracer(TorchDispatchMode):
         a_bytes = parse_precision(ap).bits / 8
         o = out[0] if isinstance(out, (tuple, list)) else out
         scores = float(lead * q.shape[-2] * k.shape[-2])
+        act_read, kv_read = self._reads([q, k, v], a_bytes)
         self._add(OpCount(
             macs=macs, macs_kept=macs, macs_nz_weight=macs, macs_nz_act=macs * density, macs_nz_both=macs * density,
             weight_precision=ap, act_precision=ap, ops=scores * 5,  # softmax over the scores
-            act_read_bytes=a_bytes * (q.numel() + k.numel() + v.numel()), act_write_bytes=a_bytes * o.numel(),
+            act_read_bytes=act_read, kv_read_bytes=kv_read, act_write_bytes=a_bytes * o.numel(),
             events=macs * density, outputs=float(o.numel()),
         ))
 
@@ -458,6 +510,8 @@ class _Tracer(TorchDispatchMode):
         a_bytes = parse_precision(ap).bits / 8
         acts = [t for t in ins if _storage_key(t) not in self.param_storages]
         live = max((self._live(t) for t in acts), default=1.0)  # an op is live where any input is
+        kv_in = [t for t in acts if self.kv and _storage_key(t) in self.kv]
+        acts = [t for t in acts if not (self.kv and _storage_key(t) in self.kv)]
         n_in = sum(_dense_numel(t) * self._live(t) for t in acts)
         n_param = sum(_dense_numel(t) for t in ins if _storage_key(t) in self.param_storages)
         n_out = sum(t.numel() for t in outs) * live
@@ -467,7 +521,26 @@ class _Tracer(TorchDispatchMode):
             weight_precision=ap, act_precision=ap, ops=per * max(n_in, n_out),
             weight_bytes=n_param * a_bytes, weight_nz_bytes=n_param * a_bytes,
             act_read_bytes=n_in * a_bytes, act_write_bytes=n_out * a_bytes,
+            kv_read_bytes=self._reads(kv_in, a_bytes)[1],
         ))
+
+
+class _FusedMetaAttention(TorchFunctionMode):
+    """On meta tensors torch picks the math kernel for scaled_dot_product_attention, whose decomposition
+    (GQA key copies, separate softmax) is not what a real device runs; route it to the fused CPU kernel,
+    which has meta shapes, so a meta model is charged what a real one is."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.scaled_dot_product_attention and args and args[0].is_meta:
+            q, k, v = args[:3]
+            mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
+            if kwargs.get("enable_gqa", False) or k.shape[-3] == q.shape[-3]:
+                return aten._scaled_dot_product_flash_attention_for_cpu(
+                    q, k, v, kwargs.get("dropout_p", 0.0), kwargs.get("is_causal", False),
+                    attn_mask=mask, scale=kwargs.get("scale"),
+                )[0]
+        return func(*args, **kwargs)
 
 
 # --- running a model on inputs ----------------------------------------------------------------------
@@ -517,8 +590,11 @@ def count(model: nn.Module, inputs: Any, *, max_inputs: int = 64) -> Counts:
     return count_each(model, split_inputs(inputs)[:max_inputs])
 
 
-def count_each(model: nn.Module, samples: list[Any]) -> Counts:
-    """Trace ``model`` once per element of ``samples`` (each a complete model input, batch 1)."""
+def count_each(model: nn.Module, samples: list[Any], *, weight_cache: dict | None = None) -> Counts:
+    """Trace ``model`` once per element of ``samples`` (each a complete model input, as given).
+
+    ``weight_cache``: a dict kept across calls on the same, unchanged model, so that its weights' density
+    and sparsity pattern are computed once (keyed by each parameter's address and version)."""
     names = {id(m): (n or "(root)") for n, m in model.named_modules()}
     param_storages = {_storage_key(t) for t in [*model.parameters(), *model.buffers()]}
     stack: list[nn.Module] = []
@@ -541,14 +617,15 @@ def count_each(model: nn.Module, samples: list[Any]) -> Counts:
     # nn.MultiheadAttention / TransformerEncoderLayer fast paths run fused kernels that hide their matmuls
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
+    dense_assumed = any(p.is_meta for p in [*model.parameters(), *model.buffers()])
     pre = nn.modules.module.register_module_forward_pre_hook(push)
     post = nn.modules.module.register_module_forward_hook(pop, always_call=True)
     try:
         for sample in samples:
             stack.clear()
             calls.clear()
-            tracer = _Tracer(stack, names, param_storages)
-            with torch.no_grad(), tracer:
+            tracer = _LOCAL.tracer = _Tracer(stack, names, param_storages, weight_cache)
+            with torch.no_grad(), _FusedMetaAttention(), tracer:
                 try:
                     run_model(model, sample)
                 except CounterBug:
@@ -563,9 +640,10 @@ def count_each(model: nn.Module, samples: list[Any]) -> Counts:
             results.append(tracer.units)
             order.update(dict.fromkeys(tracer.units))
     finally:
+        _LOCAL.tracer = None
         torch.backends.mha.set_fastpath_enabled(fastpath)
         pre.remove()
         post.remove()
         model.train(was_training)
     params = sum(p.numel() for p in model.parameters())
-    return Counts(samples=results, params=params, unit_order=list(order))
+    return Counts(samples=results, params=params, unit_order=list(order), dense_assumed=dense_assumed)

@@ -106,7 +106,8 @@ def _spill(need: float, capacity: float) -> float:
 
 
 def _unit_features(unit: UnitCount, target: Target, weight_spill: float) -> tuple[dict[str, float], float]:
-    """Features of one unit and its latency in seconds."""
+    """Features of one unit and its latency in seconds. ``weight_spill`` is the part of the resident state
+    (weights and KV cache) that does not fit on chip; KV-cache bytes pay it on every target."""
     feats: dict[str, float] = defaultdict(float)
     mem, tp = target.memory, target.throughput
     compute_s = 0.0
@@ -136,8 +137,9 @@ def _unit_features(unit: UnitCount, target: Target, weight_spill: float) -> tupl
         elif mem.weights_in == "auto":
             w_sram += wb * (1 - weight_spill)
             w_dram += wb * weight_spill
-    sram_bytes = w_sram + act_bytes * (1 - act_spill)
-    dram_bytes = w_dram + act_bytes * act_spill
+    kv_bytes = sum(o.kv_read_bytes + o.kv_write_bytes for o in unit.ops)
+    sram_bytes = w_sram + act_bytes * (1 - act_spill) + kv_bytes * (1 - weight_spill)
+    dram_bytes = w_dram + act_bytes * act_spill + kv_bytes * weight_spill
     feats["memory.sram_pj_per_byte"] += sram_bytes
     feats["memory.dram_pj_per_byte"] += dram_bytes
     latency_s = max(compute_s, dram_bytes / tp.dram_bytes_per_s)
@@ -146,9 +148,16 @@ def _unit_features(unit: UnitCount, target: Target, weight_spill: float) -> tupl
 
 
 def sample_features(sample: dict[str, UnitCount], target: Target) -> dict[str, tuple[dict[str, float], float]]:
-    """unit name -> (features, latency_s) for one input."""
-    total_weights = sum(_weight_bytes(o, target) for u in sample.values() for o in u.ops)
-    spill = _spill(total_weights, target.memory.sram_bytes)
+    """unit name -> (features, latency_s) for one input.
+
+    Resident state competes for on-chip memory: the weights (unless the target keeps them in DRAM or in
+    its compute array) and the KV cache (its size is what a step reads of it); the part beyond
+    ``sram_bytes`` is read from DRAM, for weights and cache alike."""
+    ops = [o for u in sample.values() for o in u.ops]
+    kv_resident = sum(o.kv_read_bytes for o in ops)
+    weights_on_chip = target.memory.weights_in in ("auto", "sram")
+    resident = kv_resident + (sum(_weight_bytes(o, target) for o in ops) if weights_on_chip else 0.0)
+    spill = _spill(resident, target.memory.sram_bytes)
     return {name: _unit_features(u, target, spill) for name, u in sample.items()}
 
 
