@@ -93,7 +93,7 @@ def test_space_draws_recipes_the_model_takes(tmp_path):
 
 
 def _context(wl):
-    from wattless.search import _structure_context
+    from wattless.search.space import structure_context as _structure_context
 
     return _structure_context(wl)
 
@@ -315,7 +315,7 @@ def test_ctrl_c_then_a_kill_and_the_same_command_finishes_the_study(tmp_path):
 
 
 def test_a_second_ctrl_c_cannot_cut_the_shutdown_short():
-    from wattless.search import _one_interrupt
+    from wattless.search.workers import one_interrupt as _one_interrupt
 
     saved = []
     with pytest.raises(KeyboardInterrupt):
