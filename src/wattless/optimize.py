@@ -24,8 +24,8 @@ from wattless.techniques.base import ApplyContext
 from wattless.train import EnergyTerm, TrainSettings, load_state, save_state, train
 from wattless.workloads import Split, Workload, get_workload
 
-__all__ = ["optimize", "baseline_model", "load_run", "eval_samples", "energy_by_target", "cache_dir", "apply_context",
-           "train_batches", "RunMetrics"]
+__all__ = ["optimize", "baseline_model", "load_run", "eval_samples", "energy_by_target", "cache_dir",
+           "apply_context", "train_batches", "RunMetrics"]
 
 
 def cache_dir() -> Path:
