@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from wattless.energy import builtin_targets, count_each, estimate, resolve_target
+from wattless.energy import Target, builtin_targets, count_each, estimate, resolve_target
 from wattless.errors import TrainingError
 from wattless.recipe import Recipe, apply_recipe, check_recipe, load_recipe, save_recipe
 from wattless.techniques.base import ApplyContext
@@ -166,14 +166,7 @@ def optimize(
 
     ``on_epoch(epoch, record, model)`` is called after each training epoch with the model being trained
     (a search evaluates it there and may raise to stop a hopeless run; its checkpoint is kept)."""
-    if isinstance(recipe, (str, Path)):
-        where = str(recipe)
-        recipe = load_recipe(recipe)
-    else:
-        where = "(inline)"
-    if target is not None:
-        resolve_target(target)
-        recipe = recipe.model_copy(update={"target": target})
+    recipe, where = _resolve_recipe(recipe, target)
     wl = get_workload(workload, seed=recipe.train.seed) if isinstance(workload, str) else workload
     objective_target = resolve_target(recipe.objective_target)
     out = Path(out)
@@ -195,13 +188,7 @@ def optimize(
     techniques = apply_recipe(student, recipe, context)
     samples = eval_samples(wl, energy_inputs)
     base_energy, base_macs = energy_by_target(baseline, samples)
-    energy = None
-    obj = recipe.objective
-    if obj.energy_weight or obj.energy_budget_uj is not None:
-        reference = estimate(count_each(baseline, samples[:8]), objective_target).energy_j
-        energy = EnergyTerm(student, samples[0], objective_target, reference, weight=obj.energy_weight,
-                            budget_j=obj.energy_budget_uj * 1e-6 if obj.energy_budget_uj else None,
-                            dual_lr=obj.dual_lr)
+    energy = _energy_term(recipe, student, baseline, samples, objective_target)
     result = train(student, wl, settings, techniques=techniques, teacher=teacher, distill=recipe.distill,
                    energy=energy, run_dir=out, progress=progress,
                    on_epoch=None if on_epoch is None else lambda epoch, record: on_epoch(epoch, record, student))
@@ -223,6 +210,30 @@ def optimize(
     ).to_json()
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _resolve_recipe(recipe: str | Path | Recipe, target: str | None) -> tuple[Recipe, str]:
+    """The recipe (loaded if a path; ``target`` in place of its own) and where it came from, for messages."""
+    if isinstance(recipe, (str, Path)):
+        where = str(recipe)
+        recipe = load_recipe(recipe)
+    else:
+        where = "(inline)"
+    if target is not None:
+        resolve_target(target)
+        recipe = recipe.model_copy(update={"target": target})
+    return recipe, where
+
+
+def _energy_term(recipe: Recipe, student: nn.Module, baseline: nn.Module, samples: list[Any],
+                 target: Target) -> EnergyTerm | None:
+    """lambda * E[x] / E_baseline, or the budget, on the objective's target; None without either."""
+    obj = recipe.objective
+    if not (obj.energy_weight or obj.energy_budget_uj is not None):
+        return None
+    reference = estimate(count_each(baseline, samples[:8]), target).energy_j
+    return EnergyTerm(student, samples[0], target, reference, weight=obj.energy_weight,
+                      budget_j=obj.energy_budget_uj * 1e-6 if obj.energy_budget_uj else None, dual_lr=obj.dual_lr)
 
 
 def _no_dropout(model: nn.Module) -> None:
