@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from wattless.baselines import OrtModule, export_onnx, ort_quantize_dynamic, ort_quantize_static, torch_dynamic_int8
-from wattless.optimize import _context, load_run, optimize
+from wattless.optimize import apply_context, load_run, optimize
 from wattless.recipe import load_recipe
 from wattless.techniques.base import apply_
 from wattless.techniques.quantize import ptq_int8_
@@ -40,7 +40,7 @@ def baseline_rows(wl) -> list[dict]:
     ptq_int8_(ptq, calib[0], act_range="percentile")
     rows.append({"name": "wattless post-training int8, per tensor (no training)", **wl.evaluate(ptq, wl.test)})
     same_quantizer = copy.deepcopy(fp32)  # the recipe's quantizer (per token, smoothing), steps as set, no training
-    apply_(same_quantizer, load_recipe(RECIPE).quantize, _context(wl, None, 0))
+    apply_(same_quantizer, load_recipe(RECIPE).quantize, apply_context(wl))
     rows.append({"name": "the recipe's quantizer, no training", **wl.evaluate(same_quantizer, wl.test)})
     with tempfile.TemporaryDirectory() as tmp:
         onnx_fp32 = export_onnx(fp32, calib[0], Path(tmp) / "fp32.onnx")

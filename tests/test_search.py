@@ -93,7 +93,7 @@ def test_space_draws_recipes_the_model_takes(tmp_path):
 
 
 def _context(wl):
-    from wattless.search import _structure_context
+    from wattless.search.space import structure_context as _structure_context
 
     return _structure_context(wl)
 
@@ -315,7 +315,7 @@ def test_ctrl_c_then_a_kill_and_the_same_command_finishes_the_study(tmp_path):
 
 
 def test_a_second_ctrl_c_cannot_cut_the_shutdown_short():
-    from wattless.search import _one_interrupt
+    from wattless.search.workers import one_interrupt as _one_interrupt
 
     saved = []
     with pytest.raises(KeyboardInterrupt):
@@ -392,3 +392,32 @@ def test_cli_search_prints_the_summary(tmp_path, monkeypatch, capsys):
     data = json.loads(out)
     assert code == 0 and data["trial_counts"]["complete"] + data["trial_counts"]["pruned"] == 1
     assert Path(data["report"]).exists()
+
+
+# --- worker processes get JSON, not pickle ------------------------------------------------------------------
+
+@pytest.mark.parametrize("strategy", [{"sampler": optuna.samplers.RandomSampler(seed=0)}, {"pruner": ParetoPruner()}])
+def test_a_callers_strategy_object_with_several_workers_is_refused_untouched(tmp_path, strategy):
+    from wattless.errors import SearchError
+
+    with pytest.raises(SearchError, match="workers=1"):
+        search(SPEC, "mobile-npu", out=tmp_path / "s", trials=1, workers=2, progress=False, report=False, **strategy)
+    assert not (tmp_path / "s").exists()
+
+
+def test_worker_settings_travel_as_json_and_name_their_strategies():
+    from wattless.errors import SearchError
+    from wattless.search.workers import WorkerConfig
+
+    cfg = WorkerConfig(SPEC, "mobile-npu", "/tmp/out", "sqlite:///x.db", STUDY, 3, None, 1, 4, None)
+    data = json.loads(json.dumps(cfg.to_json()))
+    assert WorkerConfig.from_json(data) == cfg and data["sampler"] == data["pruner"] == "default"
+    with pytest.raises(SearchError, match="sampler 'mine'"):
+        WorkerConfig.from_json({**data, "sampler": "mine"})
+
+
+def test_the_search_package_never_imports_pickle():
+    import wattless.search
+
+    for path in Path(wattless.search.__file__).parent.glob("*.py"):
+        assert "pickle" not in path.read_text(), path

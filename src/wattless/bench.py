@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,8 @@ from wattless.baselines import ALIASES, BASELINES, ENERGY_INPUTS, run_baselines
 from wattless.errors import BenchError, MeasurementUnavailable
 from wattless.kernels import CPU_FEATURES, cpu_features, cpu_name, u8s8_exact
 
-__all__ = ["bench", "print_table", "cpu_features", "RUNTIMES", "AS_WRITTEN", "GUARD_BASELINE", "CPU_FEATURES"]
+__all__ = ["bench", "BenchRow", "print_table", "cpu_features", "RUNTIMES", "AS_WRITTEN", "GUARD_BASELINE",
+           "CPU_FEATURES"]
 
 RUNTIMES = ("torch-fp32", "torch-dynamic-int8", "ort-fp32", "ort-dynamic-int8", "ort-static-int8", "wattless")
 # on request: the export exactly as stored, in plain ONNX Runtime (its portable form; wattless.kernels), beside
@@ -285,6 +287,72 @@ def _check_run(run: Path, workload: str) -> None:
 
 # --- the benchmark ----------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class BenchRow:
+    """One runtime at one batch size: latency in ms (median of the best round), memory in MB, energy in
+    joules per inference (``energy_j`` estimated per built-in target; ``measured_energy`` on the first batch
+    size, where this machine has a counter)."""
+
+    runtime: str
+    batch: int
+    latency_ms_p50: float
+    latency_ms_p95: float
+    latency_ms_mean: float
+    throughput_per_s: float
+    peak_rss_mb: float | None
+    rss_before_load_mb: float
+    repeats: int
+    rounds: int
+    size_mb: float | None
+    metric: float | None
+    metric_name: str
+    metrics: dict[str, float]
+    energy_kind: str
+    energy_j: dict[str, float]
+    measured_energy: dict[str, Any] | None
+    baseline: str | None
+    note: str | None
+    calibration: str | None
+    speedup_vs_ort_fp32: float | None = None
+    slower_than_ort_fp32: bool | None = None  # the guard's verdict, on the wattless rows only
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        if self.slower_than_ort_fp32 is None:
+            del out["slower_than_ort_fp32"]
+        return out
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A benchmark's settings, checked: what runs, on which batch sizes, timed how."""
+
+    runtimes: list[str]
+    batches: list[int]
+    threads: int
+    warmup: int
+    repeats: int
+    seq_len: int
+    encoder: bool
+    max_seconds: float
+    rounds: int
+    isolate: bool
+    measure: bool
+    timeout_s: float
+
+
+@dataclass
+class _Prepared:
+    """Every runtime's file, size and estimated energy, and the baselines' rows (wattless.baselines)."""
+
+    defined: dict[str, dict[str, Any]]
+    files: dict[str, Any]
+    sizes: dict[str, float]
+    energies: dict[str, dict[str, float]]
+    export_report: Any = None
+    kernel_notes: dict[str, str] = field(default_factory=dict)
+
+
 def bench(
     workload: str,
     *,
@@ -309,10 +377,41 @@ def bench(
     """Benchmark ``runtimes`` side by side on ``workload``; the wattless row needs ``run`` (a run directory,
     exported here) or ``export`` (a file from `wattless export`). Returns the JSON object (see docs/EXPORT.md)
     and writes it to ``json_path`` if given."""
-    from wattless.optimize import baseline_model, load_run
     from wattless.workloads import get_workload
 
     say = log or (lambda msg: None)
+    runtimes = _check_args(runtimes, batches, threads, warmup, repeats, seq_len, rounds)
+    wl = get_workload(workload)
+    if run is not None:
+        run = Path(run)
+        _check_run(run, wl.name)
+    if set(_OWN) & set(runtimes) and run is None and export is None:
+        runtimes = [r for r in runtimes if r not in _OWN]
+        say("no --run given: the wattless row is left out")
+    own = workdir is None
+    work = Path(tempfile.mkdtemp(prefix="wattless-bench-")) if own else Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    load_start = os.getloadavg()
+    measure, notes = _counter_here(measure)
+    plan = _Plan(runtimes, sorted({int(b) for b in batches}), threads, warmup, repeats, seq_len,
+                 wl.name == "minilm", max_seconds, rounds, isolate, measure, timeout_s)
+    try:
+        prepared = _prepare(wl, plan, work, run, export, energy_samples, say)
+        firsts, timings = _time_all(workload, plan, work, prepared, say)
+        rows = _rows(wl, plan, prepared, firsts, timings, notes)
+        result = _result(wl, rows, plan, load_start, sorted(notes), prepared.export_report, run)
+    finally:
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
+    if json_path is not None:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _check_args(runtimes: Sequence[str], batches: Sequence[int], threads: int, warmup: int, repeats: int,
+                seq_len: int, rounds: int) -> list[str]:
+    """The runtimes by their bench names (a baseline's name is accepted for its row); bad settings refused."""
     runtimes = [ALIASES.get(r, r) if ALIASES.get(r) in RUNTIMES else r for r in runtimes]
     unknown = [r for r in runtimes if r not in (*RUNTIMES, AS_WRITTEN)]
     if unknown or not runtimes:
@@ -321,100 +420,112 @@ def bench(
         raise BenchError(f"batch sizes must be positive integers, got {list(batches)}")
     if threads < 1 or warmup < 0 or repeats < 1 or seq_len < 2 or rounds < 1:
         raise BenchError("threads, repeats and rounds must be >= 1, warmup >= 0 and seq_len >= 2")
-    wl = get_workload(workload)
-    if run is not None:
-        run = Path(run)
-        _check_run(run, wl.name)
-    if set(_OWN) & set(runtimes) and run is None and export is None:
-        runtimes = [r for r in runtimes if r not in _OWN]
-        say("no --run given: the wattless row is left out")
-    batches = sorted({int(b) for b in batches})
-    encoder = wl.name == "minilm"
-    own = workdir is None
-    work = Path(tempfile.mkdtemp(prefix="wattless-bench-")) if own else Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    load_start = os.getloadavg()
-    notes = set()
-    if measure:  # one look for a counter here, rather than one per worker
-        from wattless.energy.measure import default_meter
+    return runtimes
 
-        try:
-            default_meter()
-        except MeasurementUnavailable as exc:
-            measure = False
-            notes.add(str(exc))
+
+def _counter_here(measure: bool) -> tuple[bool, set[str]]:
+    """Whether to measure, after one look for a counter here (rather than one per worker), and why not."""
+    if not measure:
+        return False, set()
+    from wattless.energy.measure import default_meter
+
     try:
-        say("preparing the baseline and the runtimes' files")
-        baseline, _ = baseline_model(wl, progress=False)
-        baseline = baseline.eval()
-        for b in batches:
-            np.save(work / f"inputs_b{b}.npy", _inputs(wl, b, seq_len, encoder))
-        samples = _samples(wl, seq_len, encoder, energy_samples)
-        say("building the baselines (wattless.baselines: the same definitions search uses)")
-        names = [_BASELINE_OF[r] for r in runtimes if r in _BASELINE_OF]
-        defined = run_baselines(wl, baseline, names, work / "baselines", samples)
-        failed = {n: r["error"] for n, r in defined.items() if r.get("metric") is None}
-        if failed:
-            raise BenchError(f"baseline(s) could not be built here: {failed}")
-        files = {BASELINES[n].label: r["file"] for n, r in defined.items() if r.get("file")}
-        sizes = _torch_sizes(baseline, work)
-        optimized, export_report, kernel_notes = None, None, {}
-        if set(_OWN) & set(runtimes):
-            target = files["wattless"] = files[AS_WRITTEN] = work / WATTLESS_FILE
-            if export is not None:
-                shutil.copyfile(export, target)
-            else:
-                from wattless.export import export_run
+        default_meter()
+    except MeasurementUnavailable as exc:
+        return False, {str(exc)}
+    return True, set()
 
-                say(f"exporting {run}")
-                export_report = export_run(run, target, workload=wl)
-            if run is not None:
-                optimized = load_run(run, wl)[0]
-            kernel_notes = _kernel_notes(target)
-        for name, file in files.items():
-            sizes[name] = _size_mb(Path(file))
-        say("estimating energy per runtime")
-        rows_of = {BASELINES[n].label: r for n, r in defined.items()}
-        energies = {label: r["energy_j"] for label, r in rows_of.items()}
-        if optimized is not None:
-            energies["wattless"] = energies[AS_WRITTEN] = _joules(optimized, samples)
-        firsts: dict[str, dict[str, Any]] = {}
-        timings: dict[tuple[str, int], list[dict[str, Any]]] = {}
-        for round_ in range(rounds):  # round-robin: a burst of other work on the machine hits one round
-            for name in runtimes:
-                say(f"timing {name}" + (f" (round {round_ + 1} of {rounds})" if rounds > 1 else ""))
-                spec = {"runtime": name, "workload": workload, "workdir": str(work), "batches": batches,
-                        "threads": threads, "warmup": warmup, "repeats": repeats, "encoder": encoder,
-                        "file": str(files.get(name, "")), "max_seconds": max_seconds,
-                        "measure": measure and round_ == 0, "metric": round_ == 0 and name not in rows_of}
-                got = _run_worker(spec, isolate, timeout_s)
-                firsts.setdefault(name, got)
-                for r in got["rows"]:
-                    timings.setdefault((name, r["batch"]), []).append(r)
-        rows = []
-        for name in runtimes:
-            got = firsts[name]
-            defn = rows_of.get(name, {})
-            metrics = defn.get("metrics") or got["metrics"] or {}
-            if got["measured_note"]:
-                notes.add(got["measured_note"])
-            for b in batches:
-                best = min(timings[(name, b)], key=lambda r: r["latency_ms_p50"])
-                rows.append({"runtime": name, **best, "rounds": len(timings[(name, b)]), "size_mb": sizes.get(name),
-                             "metric": metrics.get(wl.metric_name), "metric_name": wl.metric_name, "metrics": metrics,
-                             "energy_kind": "estimated", "energy_j": energies.get(name, {}),
-                             "measured_energy": got["measured"] if b == batches[0] else None,
-                             "baseline": _BASELINE_OF.get(name), "note": defn.get("note") or kernel_notes.get(name),
-                             "calibration": defn.get("calibration")})
-        result = _result(wl, rows, batches, threads, warmup, repeats, seq_len if encoder else None, isolate,
-                         load_start, sorted(notes), export_report, run, rounds)
-    finally:
-        if own:
-            shutil.rmtree(work, ignore_errors=True)
-    if json_path is not None:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=2))
-    return result
+
+def _prepare(wl: Any, plan: _Plan, work: Path, run: Path | None, export: str | Path | None, energy_samples: int,
+             say: Any) -> _Prepared:
+    """The inputs, the baselines' files (the same definitions search uses), the wattless export, and every
+    runtime's size and estimated energy."""
+    from wattless.optimize import baseline_model
+
+    say("preparing the baseline and the runtimes' files")
+    baseline, _ = baseline_model(wl, progress=False)
+    baseline = baseline.eval()
+    for b in plan.batches:
+        np.save(work / f"inputs_b{b}.npy", _inputs(wl, b, plan.seq_len, plan.encoder))
+    samples = _samples(wl, plan.seq_len, plan.encoder, energy_samples)
+    say("building the baselines (wattless.baselines: the same definitions search uses)")
+    names = [_BASELINE_OF[r] for r in plan.runtimes if r in _BASELINE_OF]
+    defined = run_baselines(wl, baseline, names, work / "baselines", samples)
+    failed = {n: r["error"] for n, r in defined.items() if r.get("metric") is None}
+    if failed:
+        raise BenchError(f"baseline(s) could not be built here: {failed}")
+    files = {BASELINES[n].label: r["file"] for n, r in defined.items() if r.get("file")}
+    prepared = _Prepared(defined, files, _torch_sizes(baseline, work), {})
+    optimized = _own_file(prepared, wl, plan, work, run, export, say) if set(_OWN) & set(plan.runtimes) else None
+    for name, file in files.items():
+        prepared.sizes[name] = _size_mb(Path(file))
+    say("estimating energy per runtime")
+    prepared.energies = {BASELINES[n].label: r["energy_j"] for n, r in defined.items()}
+    if optimized is not None:
+        prepared.energies["wattless"] = prepared.energies[AS_WRITTEN] = _joules(optimized, samples)
+    return prepared
+
+
+def _own_file(prepared: _Prepared, wl: Any, plan: _Plan, work: Path, run: Path | None,
+              export: str | Path | None, say: Any) -> Any:
+    """The wattless rows' file (exported from ``run`` or copied from ``export``); the optimized model, if a run."""
+    from wattless.optimize import load_run
+
+    target = prepared.files["wattless"] = prepared.files[AS_WRITTEN] = work / WATTLESS_FILE
+    if export is not None:
+        shutil.copyfile(export, target)
+    else:
+        from wattless.export import export_run
+
+        say(f"exporting {run}")
+        prepared.export_report = export_run(run, target, workload=wl)
+    optimized = load_run(run, wl)[0] if run is not None else None
+    prepared.kernel_notes = _kernel_notes(target)
+    return optimized
+
+
+def _time_all(workload: str, plan: _Plan, work: Path, prepared: _Prepared,
+              say: Any) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, int], list[dict[str, Any]]]]:
+    """Every runtime timed ``rounds`` times, round-robin (a burst of other work on the machine hits one round):
+    each runtime's first round (metric, measured energy), and every round's timings per (runtime, batch)."""
+    rows_of = {BASELINES[n].label for n in prepared.defined}
+    firsts: dict[str, dict[str, Any]] = {}
+    timings: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for round_ in range(plan.rounds):
+        for name in plan.runtimes:
+            say(f"timing {name}" + (f" (round {round_ + 1} of {plan.rounds})" if plan.rounds > 1 else ""))
+            spec = {"runtime": name, "workload": workload, "workdir": str(work), "batches": plan.batches,
+                    "threads": plan.threads, "warmup": plan.warmup, "repeats": plan.repeats, "encoder": plan.encoder,
+                    "file": str(prepared.files.get(name, "")), "max_seconds": plan.max_seconds,
+                    "measure": plan.measure and round_ == 0, "metric": round_ == 0 and name not in rows_of}
+            got = _run_worker(spec, plan.isolate, plan.timeout_s)
+            firsts.setdefault(name, got)
+            for r in got["rows"]:
+                timings.setdefault((name, r["batch"]), []).append(r)
+    return firsts, timings
+
+
+def _rows(wl: Any, plan: _Plan, prepared: _Prepared, firsts: dict[str, dict[str, Any]],
+          timings: dict[tuple[str, int], list[dict[str, Any]]], notes: set[str]) -> list[BenchRow]:
+    """One row per runtime and batch size, from its best round (the lowest median)."""
+    rows_of = {BASELINES[n].label: r for n, r in prepared.defined.items()}
+    rows = []
+    for name in plan.runtimes:
+        got = firsts[name]
+        defn = rows_of.get(name, {})
+        metrics = defn.get("metrics") or got["metrics"] or {}
+        if got["measured_note"]:
+            notes.add(got["measured_note"])
+        for b in plan.batches:
+            best = min(timings[(name, b)], key=lambda r: r["latency_ms_p50"])
+            rows.append(BenchRow(
+                runtime=name, **best, rounds=len(timings[(name, b)]), size_mb=prepared.sizes.get(name),
+                metric=metrics.get(wl.metric_name), metric_name=wl.metric_name, metrics=metrics,
+                energy_kind="estimated", energy_j=prepared.energies.get(name, {}),
+                measured_energy=got["measured"] if b == plan.batches[0] else None,
+                baseline=_BASELINE_OF.get(name), note=defn.get("note") or prepared.kernel_notes.get(name),
+                calibration=defn.get("calibration")))
+    return rows
 
 
 def _kernel_notes(path: Path) -> dict[str, str]:
@@ -425,35 +536,42 @@ def _kernel_notes(path: Path) -> dict[str, str]:
             AS_WRITTEN: "the file as written, in plain ONNX Runtime (integer products in its stored form)"}
 
 
-def _guard(rows: list[dict[str, Any]], batches: list[int]) -> dict[str, Any]:
-    """Per batch: is the wattless export slower than ONNX Runtime fp32, and by what ratio."""
+def _guard(rows: list[BenchRow], batches: list[int]) -> tuple[dict[str, Any], list[BenchRow]]:
+    """Per batch: is the wattless export slower than ONNX Runtime fp32, and by what ratio (the wattless rows
+    carry the verdict too)."""
     out = {}
     for b in batches:
-        mine = next((r for r in rows if r["runtime"] == "wattless" and r["batch"] == b), None)
-        base = next((r for r in rows if r["runtime"] == GUARD_BASELINE and r["batch"] == b), None)
+        mine = next((r for r in rows if r.runtime == "wattless" and r.batch == b), None)
+        base = next((r for r in rows if r.runtime == GUARD_BASELINE and r.batch == b), None)
         if mine is None or base is None:
             continue
-        speedup = base["latency_ms_p50"] / mine["latency_ms_p50"]
+        speedup = base.latency_ms_p50 / mine.latency_ms_p50
         out[str(b)] = {"slower_than_ort_fp32": speedup < 1.0, "speedup_vs_ort_fp32": speedup}
-        mine["slower_than_ort_fp32"] = speedup < 1.0
+        rows = [replace(r, slower_than_ort_fp32=speedup < 1.0) if r is mine else r for r in rows]
+    return out, rows
+
+
+def _with_speedups(rows: list[BenchRow]) -> list[BenchRow]:
+    """Each row's speed against ONNX Runtime fp32 at the same batch size (None without that row)."""
+    out = []
+    for row in rows:
+        base = next((r for r in rows if r.runtime == GUARD_BASELINE and r.batch == row.batch), None)
+        out.append(replace(row, speedup_vs_ort_fp32=base.latency_ms_p50 / row.latency_ms_p50 if base else None))
     return out
 
 
-def _result(wl: Any, rows: list[dict[str, Any]], batches: list[int], threads: int, warmup: int, repeats: int,
-            seq_len: int | None, isolate: bool, load_start: tuple, notes: list[str], export_report: Any,
-            run: Path | None, rounds: int) -> dict[str, Any]:
+def _result(wl: Any, rows: list[BenchRow], plan: _Plan, load_start: tuple, notes: list[str], export_report: Any,
+            run: Path | None) -> dict[str, Any]:
     import onnxruntime
     import torch
 
-    for row in rows:
-        base = next((r for r in rows if r["runtime"] == GUARD_BASELINE and r["batch"] == row["batch"]), None)
-        row["speedup_vs_ort_fp32"] = base["latency_ms_p50"] / row["latency_ms_p50"] if base else None
-    guard = _guard(rows, batches)
+    guard, rows = _guard(_with_speedups(rows), plan.batches)
     return {
         "workload": wl.name, "metric_name": wl.metric_name, "run": str(run) if run else None,
-        "threads": threads, "batches": batches, "warmup": warmup, "repeats": repeats, "seq_len": seq_len,
-        "rounds": rounds,
-        "isolated_processes": isolate,
+        "threads": plan.threads, "batches": plan.batches, "warmup": plan.warmup, "repeats": plan.repeats,
+        "seq_len": plan.seq_len if plan.encoder else None,
+        "rounds": plan.rounds,
+        "isolated_processes": plan.isolate,
         "machine": {"cpu": cpu_name(), "cpu_features": cpu_features(), "u8s8_exact": u8s8_exact(),
                     "cores": os.cpu_count(),
                     "python": platform.python_version(), "torch": torch.__version__,
@@ -463,7 +581,7 @@ def _result(wl: Any, rows: list[dict[str, Any]], batches: list[int], threads: in
         "measured_note": "; ".join(notes) if notes else None,
         "guard": guard,
         "export": export_report.to_json() if export_report is not None else None,
-        "rows": rows,
+        "rows": [r.to_json() for r in rows],
     }
 
 

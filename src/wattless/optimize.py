@@ -8,7 +8,8 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +17,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from wattless.energy import builtin_targets, count_each, estimate, resolve_target
+from wattless.energy import Target, builtin_targets, count_each, estimate, resolve_target
 from wattless.errors import TrainingError
 from wattless.recipe import Recipe, apply_recipe, check_recipe, load_recipe, save_recipe
 from wattless.techniques.base import ApplyContext
 from wattless.train import EnergyTerm, TrainSettings, load_state, save_state, train
 from wattless.workloads import Split, Workload, get_workload
 
-__all__ = ["optimize", "baseline_model", "load_run", "eval_samples", "energy_by_target", "cache_dir"]
+__all__ = ["optimize", "baseline_model", "load_run", "eval_samples", "energy_by_target", "cache_dir",
+           "apply_context", "train_batches", "RunMetrics"]
 
 
 def cache_dir() -> Path:
@@ -90,19 +92,24 @@ def energy_by_target(model: nn.Module, samples: list[Any]) -> tuple[dict[str, An
     return out, float(np.mean(counts.total("macs")))
 
 
-def _context(workload: Workload, teacher: nn.Module | None, steps: int) -> ApplyContext:
-    example = workload.example_input(8)
-    val = workload.val
-
+def train_batches(workload: Workload) -> Callable[[], Iterator[tuple[Any, Any]]]:
+    """The batches techniques calibrate and shape themselves on: the first 512 training inputs, 64 at a time."""
     def batches():
         for i in range(0, min(len(workload.train), 512), 64):
             part = workload.train.take(slice(i, i + 64))
             yield workload.prepare_inputs(part.inputs), part.targets
 
+    return batches
+
+
+def apply_context(workload: Workload, teacher: nn.Module | None = None, steps: int = 0) -> ApplyContext:
+    """What techniques see when a recipe is applied to ``workload``'s model: example and training inputs, the
+    validation split, the teacher and the number of training steps."""
+    val = workload.val
     extras = {"val": (workload.prepare_inputs(val.inputs), val.targets), "evaluate": workload.evaluate,
               "val_split": val}
-    return ApplyContext(example_input=example, train_batches=batches, teacher=teacher, total_steps=steps,
-                        extras=extras)
+    return ApplyContext(example_input=workload.example_input(8), train_batches=train_batches(workload),
+                        teacher=teacher, total_steps=steps, extras=extras)
 
 
 def _claim_run_dir(out: Path, identity: dict[str, Any]) -> None:
@@ -159,14 +166,7 @@ def optimize(
 
     ``on_epoch(epoch, record, model)`` is called after each training epoch with the model being trained
     (a search evaluates it there and may raise to stop a hopeless run; its checkpoint is kept)."""
-    if isinstance(recipe, (str, Path)):
-        where = str(recipe)
-        recipe = load_recipe(recipe)
-    else:
-        where = "(inline)"
-    if target is not None:
-        resolve_target(target)
-        recipe = recipe.model_copy(update={"target": target})
+    recipe, where = _resolve_recipe(recipe, target)
     wl = get_workload(workload, seed=recipe.train.seed) if isinstance(workload, str) else workload
     objective_target = resolve_target(recipe.objective_target)
     out = Path(out)
@@ -177,7 +177,7 @@ def optimize(
     teacher = _teacher(recipe, baseline)
     settings = _settings(wl, recipe)
     steps = settings.epochs * max(1, -(-len(wl.train) // settings.batch_size))
-    context = _context(wl, teacher, steps)
+    context = apply_context(wl, teacher, steps)
     check_recipe(recipe, baseline, context, where, labelled=wl.train.targets is not None)
     _claim_run_dir(out, identity)
 
@@ -188,13 +188,7 @@ def optimize(
     techniques = apply_recipe(student, recipe, context)
     samples = eval_samples(wl, energy_inputs)
     base_energy, base_macs = energy_by_target(baseline, samples)
-    energy = None
-    obj = recipe.objective
-    if obj.energy_weight or obj.energy_budget_uj is not None:
-        reference = estimate(count_each(baseline, samples[:8]), objective_target).energy_j
-        energy = EnergyTerm(student, samples[0], objective_target, reference, weight=obj.energy_weight,
-                            budget_j=obj.energy_budget_uj * 1e-6 if obj.energy_budget_uj else None,
-                            dual_lr=obj.dual_lr)
+    energy = _energy_term(recipe, student, baseline, samples, objective_target)
     result = train(student, wl, settings, techniques=techniques, teacher=teacher, distill=recipe.distill,
                    energy=energy, run_dir=out, progress=progress,
                    on_epoch=None if on_epoch is None else lambda epoch, record: on_epoch(epoch, record, student))
@@ -205,13 +199,41 @@ def optimize(
     hard, macs = energy_by_target(student, samples)
     save_state(student, out / "model.safetensors")
     save_recipe(recipe, out / "recipe.toml")
-    report = _metrics(wl, recipe, metrics, base_metrics, hard, base_energy, macs, base_macs, result, techniques,
-                      student, objective_target.name, energy)
-    if baselines:
-        report["ptq_int8"] = _ptq_int8(baseline, wl, samples, base_metrics[wl.metric_name],
-                                        objective_target.name)
+    target = objective_target.name
+    report = RunMetrics(
+        workload=wl.name, recipe=recipe.name, target=target, metric_name=wl.metric_name, metrics=metrics,
+        baseline_metrics=base_metrics, estimates=hard, baseline_estimates=base_energy, macs=macs,
+        baseline_macs=base_macs,
+        objective=_objective_record(recipe, result, hard[target]["energy_j"], target) if energy is not None else None,
+        techniques={t.name: t.report(student) for t in techniques}, training=_training_record(result),
+        ptq_int8=_ptq_int8(baseline, wl, samples, base_metrics[wl.metric_name], target) if baselines else None,
+    ).to_json()
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _resolve_recipe(recipe: str | Path | Recipe, target: str | None) -> tuple[Recipe, str]:
+    """The recipe (loaded if a path; ``target`` in place of its own) and where it came from, for messages."""
+    if isinstance(recipe, (str, Path)):
+        where = str(recipe)
+        recipe = load_recipe(recipe)
+    else:
+        where = "(inline)"
+    if target is not None:
+        resolve_target(target)
+        recipe = recipe.model_copy(update={"target": target})
+    return recipe, where
+
+
+def _energy_term(recipe: Recipe, student: nn.Module, baseline: nn.Module, samples: list[Any],
+                 target: Target) -> EnergyTerm | None:
+    """lambda * E[x] / E_baseline, or the budget, on the objective's target; None without either."""
+    obj = recipe.objective
+    if not (obj.energy_weight or obj.energy_budget_uj is not None):
+        return None
+    reference = estimate(count_each(baseline, samples[:8]), target).energy_j
+    return EnergyTerm(student, samples[0], target, reference, weight=obj.energy_weight,
+                      budget_j=obj.energy_budget_uj * 1e-6 if obj.energy_budget_uj else None, dual_lr=obj.dual_lr)
 
 
 def _no_dropout(model: nn.Module) -> None:
@@ -234,34 +256,63 @@ def _teacher(recipe: Recipe, baseline: nn.Module) -> nn.Module | None:
     return teacher.eval()
 
 
-def _metrics(wl, recipe, metrics, base_metrics, hard, base_energy, macs, base_macs, result, techniques, model,
-             objective_target, energy) -> dict[str, Any]:
-    name = wl.metric_name
+@dataclass(frozen=True)
+class RunMetrics:
+    """What one run leaves in metrics.json. ``estimates`` and ``baseline_estimates``: per built-in target,
+    {energy_j, latency_s, p50, p95} (estimated, each input on its hard path)."""
+
+    workload: str
+    recipe: str
+    target: str
+    metric_name: str
+    metrics: dict[str, float]
+    baseline_metrics: dict[str, float]
+    estimates: dict[str, dict[str, float]]
+    baseline_estimates: dict[str, dict[str, float]]
+    macs: float
+    baseline_macs: float
+    objective: dict[str, Any] | None
+    techniques: dict[str, Any]
+    training: dict[str, Any]
+    ptq_int8: dict[str, Any] | None = None  # written only when the run priced the baselines
+
+    def to_json(self) -> dict[str, Any]:
+        hard, base, name = self.estimates, self.baseline_estimates, self.metric_name
+        out = {
+            "workload": self.workload, "recipe": self.recipe, "target": self.target, "metric_name": name,
+            "accuracy": self.metrics[name], "metrics": self.metrics,
+            "baseline_accuracy": self.baseline_metrics[name], "baseline_metrics": self.baseline_metrics,
+            "energy_kind": "estimated",
+            "energy_j": {k: v["energy_j"] for k, v in hard.items()},
+            "baseline_energy_j": {k: v["energy_j"] for k, v in base.items()},
+            "energy_ratio": {k: base[k]["energy_j"] / v["energy_j"] for k, v in hard.items() if v["energy_j"]},
+            "energy_distribution_j": {k: {"mean": v["energy_j"], "p50": v["p50"], "p95": v["p95"]}
+                                      for k, v in hard.items()},
+            "latency_s": {k: v["latency_s"] for k, v in hard.items()},
+            "macs": self.macs, "baseline_macs": self.baseline_macs,
+            "objective": self.objective, "techniques": self.techniques, "training": self.training,
+        }
+        if self.ptq_int8 is not None:
+            out["ptq_int8"] = self.ptq_int8
+        return out
+
+
+def _objective_record(recipe: Recipe, result: Any, hard_j: float, target: str) -> dict[str, Any]:
+    """The soft expected energy training saw beside the hard energy of the test inputs' paths."""
     soft = result.soft_energy_j
-    hard_obj = hard[objective_target]["energy_j"]
     return {
-        "workload": wl.name, "recipe": recipe.name, "target": objective_target, "metric_name": name,
-        "accuracy": metrics[name], "metrics": metrics,
-        "baseline_accuracy": base_metrics[name], "baseline_metrics": base_metrics,
-        "energy_kind": "estimated",
-        "energy_j": {k: v["energy_j"] for k, v in hard.items()},
-        "baseline_energy_j": {k: v["energy_j"] for k, v in base_energy.items()},
-        "energy_ratio": {k: base_energy[k]["energy_j"] / v["energy_j"] for k, v in hard.items() if v["energy_j"]},
-        "energy_distribution_j": {k: {"mean": v["energy_j"], "p50": v["p50"], "p95": v["p95"]} for k, v in hard.items()},
-        "latency_s": {k: v["latency_s"] for k, v in hard.items()},
-        "macs": macs, "baseline_macs": base_macs,
-        "objective": {
-            "target": objective_target, "soft_energy_j": soft, "hard_energy_j": hard_obj,
-            "soft_hard_gap": (hard_obj - soft) / soft if soft else None,
-            "energy_lambda": result.energy_lambda,
-            "energy_budget_uj": recipe.objective.energy_budget_uj,
-            "note": "soft: differentiable expected energy averaged over the last training epoch; hard: each "
-                    "eval input's executed path counted and priced",
-        } if energy is not None else None,
-        "techniques": {t.name: t.report(model) for t in techniques},
-        "training": {"epochs_run": result.epochs_run, "steps": result.steps, "final_loss": result.final_loss,
-                     "resumed_from_epoch": result.resumed_from_epoch, "history": result.history},
+        "target": target, "soft_energy_j": soft, "hard_energy_j": hard_j,
+        "soft_hard_gap": (hard_j - soft) / soft if soft else None,
+        "energy_lambda": result.energy_lambda,
+        "energy_budget_uj": recipe.objective.energy_budget_uj,
+        "note": "soft: differentiable expected energy averaged over the last training epoch; hard: each "
+                "eval input's executed path counted and priced",
     }
+
+
+def _training_record(result: Any) -> dict[str, Any]:
+    return {"epochs_run": result.epochs_run, "steps": result.steps, "final_loss": result.final_loss,
+            "resumed_from_epoch": result.resumed_from_epoch, "history": result.history}
 
 
 def load_run(run_dir: str | Path, workload: str | Workload | None = None) -> tuple[nn.Module, Recipe, Workload]:
@@ -272,7 +323,7 @@ def load_run(run_dir: str | Path, workload: str | Workload | None = None) -> tup
         workload = json.loads((run_dir / "run.json").read_text())["identity"]["workload"]
     wl = get_workload(workload, seed=recipe.train.seed) if isinstance(workload, str) else workload
     model = wl.build_model()
-    context = _context(wl, None, 0)
+    context = apply_context(wl)
     apply_recipe(model, recipe, context)
     load_state(model, run_dir / "model.safetensors")
     return model.eval(), recipe, wl
