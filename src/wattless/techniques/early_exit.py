@@ -388,8 +388,8 @@ class ExitTechnique(Technique):
     def finish(self, model: nn.Module, context: ApplyContext) -> None:
         """Calibrate the thresholds on context.val (inputs, targets)."""
         if context.val is None:
-            raise ValueError("early-exit calibration needs held-out data: set context.val = "
-                             "(inputs, targets) before finish()")
+            raise ValueError("early-exit calibration needs held-out data: give the context val=(inputs, targets) "
+                             "(ApplyContext(val=...), or extras['val']) before finish()")
         inputs, targets = _labelled(context.val)
         _exit_model(model).calibrate(inputs, targets, self.config.target_accuracy_drop,
                                       confidence=self.config.confidence)
