@@ -234,7 +234,7 @@ def test_a_failed_parity_check_leaves_nothing_at_out(baselines, tmp_path, monkey
     wl, model = optimized(baselines, "tiny", QuantConfig())
     out = tmp_path / "m.onnx"
     failing = Parity(False, 256, 0.5, 3.0, "accuracy", 0.9, 0.7, Tolerance())
-    monkeypatch.setattr("wattless.export._check_classifier", lambda *args: failing)
+    monkeypatch.setattr("wattless.export.parity.check_classifier", lambda *args: failing)
     with pytest.raises(ParityError, match=r"parity check failed: 50\.00% of 256 eval inputs.*nothing was written"):
         export_model(model, wl, out)
     assert list(tmp_path.iterdir()) == []

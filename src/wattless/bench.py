@@ -150,10 +150,10 @@ def _metric(spec: dict[str, Any], model: Any) -> dict[str, float]:
     wl = get_workload(spec["workload"])
     if spec["runtime"] in _OWN:
         if spec["encoder"]:
-            from wattless.export import _encoder_metrics
+            from wattless.export.parity import encoder_metrics as _encoder_metrics
 
             return _encoder_metrics(model, wl)
-        from wattless.export import _Session
+        from wattless.export.parity import Session as _Session
 
         model = _Session(model.path)
     with torch.inference_mode():

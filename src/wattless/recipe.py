@@ -34,7 +34,7 @@ from wattless.techniques.base import ApplyContext, Technique, TechniqueConfig, a
 from wattless.techniques.distill import DistillConfig
 from wattless.techniques.early_exit import ExitConfig
 from wattless.techniques.moe import MoEConfig
-from wattless.techniques.prune import PruneConfig, check_prunable
+from wattless.techniques.prune import PruneConfig
 from wattless.techniques.quantize import QuantConfig
 
 __all__ = ["Recipe", "TrainSection", "Objective", "load_recipe", "parse_recipe", "check_recipe", "apply_recipe",
@@ -135,8 +135,6 @@ def check_recipe(recipe: Recipe, model: nn.Module, context: ApplyContext, where:
     for config in recipe.techniques():
         section = config.kind
         try:
-            if isinstance(config, PruneConfig):
-                check_prunable(trial, config)
-            apply_(trial, config, context)
+            apply_(trial, config, context)  # each handler validates its config against the model first
         except (ValueError, TypeError, KeyError) as exc:
             raise RecipeError(f"recipe {where}: key `{section}`: {exc}") from None

@@ -27,9 +27,8 @@ from wattless._progress import progress_bar
 from wattless.energy.soft import ExpectedEnergy, unit_costs
 from wattless.energy.target import Target
 from wattless.errors import TrainingError
-from wattless.techniques.base import Technique, clear_soft_probs
-from wattless.techniques.distill import (DistillConfig, embedding_distillation, hidden_distillation,
-                                         logit_distillation, relation_distillation)
+from wattless.techniques.base import ApplyContext, Technique, apply_, clear_soft_probs
+from wattless.techniques.distill import DistillConfig, Distillation
 from wattless.workloads import Split, Workload
 
 __all__ = ["TrainSettings", "EnergyTerm", "train", "model_output", "save_state", "load_state", "torch_threads"]
@@ -175,30 +174,27 @@ def _batches(split: Split, batch_size: int, gen: torch.Generator) -> Iterator[Sp
         yield split.take(order[i : i + batch_size])
 
 
+def _distiller(model: nn.Module, workload: Workload, teacher: nn.Module | None,
+               distill: DistillConfig | None) -> Distillation | None:
+    """The teacher through the technique door; a labelled workload distils only when the recipe says so."""
+    if teacher is None or (distill is None and workload.train.targets is not None):
+        return None
+    return apply_(model, distill or DistillConfig(), ApplyContext(example_input=None, teacher=teacher))
+
+
 def _loss(model: nn.Module, batch: Split, workload: Workload, techniques: list[Technique],
-          teacher: nn.Module | None, distill: DistillConfig | None) -> tuple[torch.Tensor, Any]:
+          distiller: Distillation | None) -> tuple[torch.Tensor, Any]:
     labelled = batch.targets is not None
     inputs = workload.prepare_inputs(batch.inputs)
     if labelled:
         out = model_output(model, inputs, labelled)
         task = F.cross_entropy(out, batch.targets)
-        if teacher is not None and distill is not None:
-            with torch.no_grad():
-                t_out = model_output(teacher, inputs, labelled)
-            task = distill.alpha * logit_distillation(out, t_out, distill.temperature) + (1 - distill.alpha) * task
+        if distiller is not None:
+            task = distiller.classifier_loss(out, task, inputs)
     else:
-        if teacher is None:
+        if distiller is None:
             raise TrainingError(f"workload {workload.name!r} has no labels: its recipe needs a [distill] section")
-        hidden = distill is not None and distill.hidden_weight > 0
-        raw = model(**inputs, output_hidden_states=hidden)
-        with torch.no_grad():
-            t_raw = teacher(**inputs, output_hidden_states=hidden)
-        out, t_out = _pool(raw, inputs), _pool(t_raw, inputs)
-        task = embedding_distillation(out, t_out)
-        if distill is not None and distill.relation_weight:
-            task = task + distill.relation_weight * relation_distillation(out, t_out)
-        if hidden:
-            task = task + distill.hidden_weight * hidden_distillation(raw.hidden_states, t_raw.hidden_states)
+        task, out = distiller.encoder_loss(model, inputs, _pool)
     extras = {"logits": out, "targets": batch.targets}
     for tech in techniques:
         extra = tech.loss(model, inputs, extras)
@@ -247,8 +243,7 @@ def _train(model, workload, settings, techniques, teacher, distill, energy, run_
             sched.load_state_dict(info["scheduler"])
         for _ in range(start_epoch):  # replay the data order so a resumed run sees what a straight one would
             torch.randperm(len(workload.train), generator=gen)
-    if teacher is not None:
-        teacher.eval()
+    distiller = _distiller(model, workload, teacher, distill)
     step, loss_value, saved = start_epoch * steps_per_epoch, float("nan"), start_epoch
     bar = progress_bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                        TextColumn("{task.fields[status]}"), TimeRemainingColumn(), disable=not progress)
@@ -260,7 +255,7 @@ def _train(model, workload, settings, techniques, teacher, distill, energy, run_
             for batch in _batches(workload.train, settings.batch_size, gen):
                 for tech in techniques:
                     tech.on_step(step, total)
-                loss, _ = _loss(model, batch, workload, techniques, teacher, distill)
+                loss, _ = _loss(model, batch, workload, techniques, distiller)
                 if energy is not None:
                     loss = loss + energy(len(batch))
                 if not torch.isfinite(loss):

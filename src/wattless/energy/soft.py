@@ -7,11 +7,16 @@ exact for MACs on targets that skip zero activations, zero ``act_j`` elsewhere.
 ``ExpectedEnergy`` then combines, per input of a training batch, the soft probabilities that dynamic
 modules publish (``wattless_soft_prob``, a (B,) tensor; it applies to the module and everything under it)
 with soft activation densities measured by forward hooks on the units' inputs.
+
+``full_path`` asks every dynamic module to compute every unit for every input (it sets
+``wattless_full_path`` on each module; early exits and experts honour it), so each unit is costed at full
+load. The energy core owns these attribute names; techniques read and write them, never the reverse.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +27,7 @@ from wattless.energy.count import OpCount, UnitCount, count
 from wattless.energy.estimate import price, sample_features
 from wattless.energy.target import Target
 
-__all__ = ["UnitCost", "unit_costs", "ExpectedEnergy"]
+__all__ = ["UnitCost", "unit_costs", "ExpectedEnergy", "full_path"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,19 @@ class UnitCost:
 
     base_j: float
     act_j: float
+
+
+@contextmanager
+def full_path(model: nn.Module):
+    """Every dynamic module computes every unit for every input inside this block (for costing)."""
+    previous = {m: getattr(m, "wattless_full_path", False) for m in model.modules()}
+    for m in model.modules():
+        m.wattless_full_path = True
+    try:
+        yield model
+    finally:
+        for m, value in previous.items():
+            m.wattless_full_path = value
 
 
 def _at_density(unit: UnitCount, density: float) -> UnitCount:
@@ -51,8 +69,6 @@ def _unit_joules(sample: dict[str, UnitCount], target: Target) -> dict[str, floa
 
 def unit_costs(model: nn.Module, example_input: Any, target: Target) -> dict[str, UnitCost]:
     """Per-unit cost on ``target`` of one input on the model's full path (all experts and exits run)."""
-    from wattless.techniques.base import full_path
-
     with full_path(model):
         counts = count(model, example_input, max_inputs=1)
     sample = counts.samples[0]

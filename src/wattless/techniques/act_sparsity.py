@@ -81,6 +81,11 @@ class ActSparsity(Technique):
         return {"relufied": self.replaced, "activation_density": density, "mean_activation_density": mean}
 
 
+@register(ActSparsityConfig, step="convert")
+def _convert(model: nn.Module, config: ActSparsityConfig | None) -> None:
+    """Nothing to do: the ReLUs are the deployed form, and the zeros they make are seen in the tensors."""
+
+
 @register(ActSparsityConfig)
 def _apply(model: nn.Module, config: ActSparsityConfig, context: ApplyContext) -> ActSparsity:
     replaced = relufy_(model, config.layers) if config.relufy else []

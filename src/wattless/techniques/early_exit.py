@@ -2,7 +2,7 @@
 
     handle = apply_(model, ExitConfig(after=["relu1", "relu2"]), context)   # model becomes an EarlyExitModel
     ... loss = task_loss + handle.loss(model, inputs, {"logits": logits, "targets": targets})
-    handle.finish(model, context)     # thresholds from context.extras["val"] = (inputs, targets)
+    handle.finish(model, context)     # thresholds from context.val = (inputs, targets)
     model.eval(); model(x); model.last_exits   # (B,) exit index per input; len(after) = the final head
 
 Thresholds are on the maximum softmax probability (BranchyNet, Teerapittayanon et al. 2016; the calibrated
@@ -131,10 +131,10 @@ class EarlyExitModel(nn.Module):
             exit_logits, final = self._run_all(x)
             self.exit_logits = exit_logits
             conf = torch.stack([logits.softmax(-1).amax(-1) for logits in exit_logits])  # (K, B)
-            self._set_soft_probs(conf)
+            self.set_soft_probs(conf)
             self.last_exits = _first_exit(conf.detach(), self.thresholds)
             return final
-        self._set_soft_probs(None)  # they describe the last training forward only
+        self.set_soft_probs(None)  # they describe the last training forward only
         if getattr(self, "wattless_full_path", False):
             return self._forward_full_eval(x)
         self.exit_logits = None
@@ -181,7 +181,7 @@ class EarlyExitModel(nn.Module):
         self.last_exits = taken
         return out
 
-    def _set_soft_probs(self, conf: torch.Tensor | None) -> None:
+    def set_soft_probs(self, conf: torch.Tensor | None) -> None:
         """conf (K, B) max softmax per exit; None clears the probabilities."""
         exiting = None if conf is None else torch.sigmoid((conf - self.thresholds[:, None]) / self.temperature)
         reach, k = None, 0  # None: runs for every input
@@ -358,7 +358,7 @@ def _labelled(val: Any) -> tuple[torch.Tensor, torch.Tensor]:
         return val[0], val[1]
     if getattr(val, "targets", None) is not None:  # a workloads Split
         return val.inputs, val.targets
-    raise ValueError("early-exit calibration needs labelled held-out data: set context.extras['val'] = "
+    raise ValueError("early-exit calibration needs labelled held-out data: set context.val = "
                      f"(inputs, targets) tensors, or a Split with targets; got {type(val).__name__}")
 
 
@@ -386,11 +386,11 @@ class ExitTechnique(Technique):
         return self.config.loss_weight * losses.mean()
 
     def finish(self, model: nn.Module, context: ApplyContext) -> None:
-        """Calibrate the thresholds on context.extras['val'] (inputs, targets)."""
-        if "val" not in context.extras:
-            raise ValueError("early-exit calibration needs held-out data: set context.extras['val'] = "
-                             "(inputs, targets) before finish()")
-        inputs, targets = _labelled(context.extras["val"])
+        """Calibrate the thresholds on context.val (inputs, targets)."""
+        if context.val is None:
+            raise ValueError("early-exit calibration needs held-out data: give the context val=(inputs, targets) "
+                             "(ApplyContext(val=...), or extras['val']) before finish()")
+        inputs, targets = _labelled(context.val)
         _exit_model(model).calibrate(inputs, targets, self.config.target_accuracy_drop,
                                       confidence=self.config.confidence)
 
@@ -401,6 +401,15 @@ class ExitTechnique(Technique):
         thresholds = [None if math.isinf(t) else float(t) for t in exits.thresholds.tolist()]
         return {"after": exits.exit_names, "thresholds": thresholds,
                 "calibrated": exits.calibration is not None, **(exits.calibration or {})}
+
+
+@register(ExitConfig, step="convert")
+def _convert_exits(model: nn.Module, config: ExitConfig | None) -> None:
+    """The form export reads: each EarlyExitModel with its calibrated thresholds and no training state."""
+    for m in model.modules():
+        if isinstance(m, EarlyExitModel):
+            m.exit_logits = None
+            m.set_soft_probs(None)
 
 
 @register(ExitConfig)

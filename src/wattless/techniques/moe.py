@@ -198,7 +198,7 @@ class MoEMLP(nn.Module):
         if self.training:
             self._training_stats(routed, probs, batch=xt.shape[0] if xt.dim() > 2 else tokens.shape[0])
         else:
-            self._clear_training_state()
+            self.clear_training_state()
             # A traced run (the energy core counting work) is no eval batch: its bookkeeping is neither work
             # nor load.
             if _get_current_dispatch_mode() is None:
@@ -231,7 +231,7 @@ class MoEMLP(nn.Module):
         for e, expert in enumerate(self.experts):
             expert.wattless_soft_prob = per_input[:, e]
 
-    def _clear_training_state(self) -> None:
+    def clear_training_state(self) -> None:
         # Graph tensors of the last training forward would also stop copy.deepcopy of the model.
         self.last_balance_loss = None
         for expert in self.experts:
@@ -496,6 +496,13 @@ class MoETechnique(Technique):
         blocks = _moe_blocks(model)
         return {"experts": self.config.experts, "top_k": self.config.top_k,
                 "blocks": {name: m.stats() for name, m in blocks.items()}}
+
+
+@register(MoEConfig, step="convert")
+def _convert_moe(model: nn.Module, config: MoEConfig | None) -> None:
+    """The routed form export reads: each MoEMLP as it is, without the last training forward's state."""
+    for m in _moe_blocks(model).values():
+        m.clear_training_state()
 
 
 @register(MoEConfig)

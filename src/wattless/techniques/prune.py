@@ -33,7 +33,8 @@ from wattless.techniques.base import ApplyContext, Technique, TechniqueConfig, r
 
 __all__ = [
     "PruneConfig", "PruneSchedule", "PruneError", "Mask", "Pruning", "check_prunable", "cubic_sparsity",
-    "apply_prune", "bake_masks",
+    "apply_prune", "bake_masks", "UnitSlice", "UnitCut", "structural_cuts", "is_mac", "is_depthwise",
+    "weight_axes",
 ]
 
 
@@ -159,27 +160,27 @@ def _is_hf_conv1d(m: nn.Module) -> bool:
     return _kind(m) == "Conv1D" and hasattr(m, "nf") and hasattr(m, "weight")
 
 
-def _is_mac(m: nn.Module) -> bool:
+def is_mac(m: nn.Module) -> bool:
     conv = isinstance(m, nn.modules.conv._ConvNd) and not m.transposed
     return isinstance(m, nn.Linear) or conv or _is_hf_conv1d(m)
 
 
-def _is_depthwise(m: nn.Module) -> bool:
+def is_depthwise(m: nn.Module) -> bool:
     conv = isinstance(m, nn.modules.conv._ConvNd)
     return conv and m.groups > 1 and m.groups == m.in_channels == m.out_channels
 
 
-def _axes(m: nn.Module) -> tuple[int, int]:
+def weight_axes(m: nn.Module) -> tuple[int, int]:
     """(output axis, input axis) of the module's weight."""
     return (1, 0) if _is_hf_conv1d(m) else (0, 1)
 
 
 def _in_size(m: nn.Module) -> int:
-    return _original(m, "weight").shape[_axes(m)[1]]  # in_features, or in_channels / groups
+    return _original(m, "weight").shape[weight_axes(m)[1]]  # in_features, or in_channels / groups
 
 
 def _out_size(m: nn.Module) -> int:
-    return _original(m, "weight").shape[_axes(m)[0]]
+    return _original(m, "weight").shape[weight_axes(m)[0]]
 
 
 def _display(name: str) -> str:
@@ -191,7 +192,7 @@ def _kind(m: nn.Module) -> str:
 
 
 @dataclass
-class _Slice:
+class UnitSlice:
     """One tensor a structured group touches: unit u owns entries [u*block, (u+1)*block) along ``axis``."""
 
     module: nn.Module
@@ -206,8 +207,8 @@ class _Group:
 
     name: str
     units: int
-    producers: list[_Slice]
-    followers: list[_Slice] = field(default_factory=list)  # consumer columns, norms, depthwise filters
+    producers: list[UnitSlice]
+    followers: list[UnitSlice] = field(default_factory=list)  # consumer columns, norms, depthwise filters
 
 
 @dataclass
@@ -217,17 +218,17 @@ class _Plan:
     pairing: str = ""  # how structured groups were found
 
 
-def _slices(m: nn.Module, axis_of: str, block: int = 1) -> list[_Slice]:
+def _slices(m: nn.Module, axis_of: str, block: int = 1) -> list[UnitSlice]:
     """The weight (and, for output rows, bias) slices of a module along its output or input axis."""
-    out_axis, in_axis = _axes(m)
-    out = [_Slice(m, "weight", out_axis if axis_of == "out" else in_axis, block)]
+    out_axis, in_axis = weight_axes(m)
+    out = [UnitSlice(m, "weight", out_axis if axis_of == "out" else in_axis, block)]
     if axis_of == "out" and isinstance(getattr(m, "bias", None), torch.Tensor):
-        out.append(_Slice(m, "bias", 0, block))
+        out.append(UnitSlice(m, "bias", 0, block))
     return out
 
 
-def _norm_slices(bn: nn.Module) -> list[_Slice]:
-    return [_Slice(bn, t, 0) for t in ("weight", "bias") if isinstance(getattr(bn, t, None), torch.Tensor)]
+def _norm_slices(bn: nn.Module) -> list[UnitSlice]:
+    return [UnitSlice(bn, t, 0) for t in ("weight", "bias") if isinstance(getattr(bn, t, None), torch.Tensor)]
 
 
 # --- channel pairs, found through torch.fx ------------------------------------------------------------
@@ -261,7 +262,7 @@ _METADATA = {"size", "dim", "shape"}
 # consumer's in_features).
 
 
-def _module_pass(m: nn.Module, layout: str) -> tuple[str, list[_Slice]] | None:
+def _module_pass(m: nn.Module, layout: str) -> tuple[str, list[UnitSlice]] | None:
     """(layout after the module, slices it owns) if it keeps channels apart, else None."""
     if isinstance(m, nn.Flatten):
         return ("flat", []) if layout == "first" and m.start_dim == 1 and m.end_dim == -1 else None
@@ -271,14 +272,14 @@ def _module_pass(m: nn.Module, layout: str) -> tuple[str, list[_Slice]] | None:
         return layout, []
     if isinstance(m, nn.modules.batchnorm._BatchNorm) and layout in ("first", "last"):
         return layout, _norm_slices(m)
-    if _is_depthwise(m) and layout == "first":
+    if is_depthwise(m) and layout == "first":
         return layout, _slices(m, "out")
     return None
 
 
-def _consumer_slices(m: nn.Module, layout: str, channels: int) -> list[_Slice] | None:
+def _consumer_slices(m: nn.Module, layout: str, channels: int) -> list[UnitSlice] | None:
     """The input-column slices of a Linear/Conv that reads the producer's channels whole, else None."""
-    if not _is_mac(m) or _is_depthwise(m):
+    if not is_mac(m) or is_depthwise(m):
         return None
     if isinstance(m, nn.modules.conv._ConvNd):
         return _slices(m, "in") if layout == "first" and m.groups == 1 and m.in_channels == channels else None
@@ -320,7 +321,7 @@ def _is_metadata(node: fx.Node) -> bool:
     return node.target in _METADATA or (node.op == "call_function" and node.target is getattr)
 
 
-def _follow(start: fx.Node, channels: int, layout: str, modules: dict, shared: set) -> list[_Slice] | None:
+def _follow(start: fx.Node, channels: int, layout: str, modules: dict, shared: set) -> list[UnitSlice] | None:
     """Walk forward from a producer to every consumer; None if its channels meet anything else."""
     found, consumers, todo = [], 0, [(start, layout)]
     while todo:
@@ -328,7 +329,7 @@ def _follow(start: fx.Node, channels: int, layout: str, modules: dict, shared: s
         for user in (u for u in node.users if not _is_metadata(u)):
             if user.op == "call_module":
                 m = modules[user.target]
-                if user.target in shared and (_is_mac(m) or isinstance(m, nn.modules.batchnorm._BatchNorm)):
+                if user.target in shared and (is_mac(m) or isinstance(m, nn.modules.batchnorm._BatchNorm)):
                     return None  # a weight used twice also sees other inputs
                 consumed = _consumer_slices(m, layout, channels) if user.args[0] is node else None
                 passed = None if consumed is not None else _module_pass(m, layout)
@@ -353,7 +354,7 @@ def _traced_groups(model: nn.Module, graph: fx.Graph, prefix: str = "") -> list[
     groups = []
     for node in graph.nodes:
         m = modules.get(node.target) if node.op == "call_module" else None
-        if m is None or not _is_mac(m) or _is_depthwise(m) or node.target in shared:
+        if m is None or not is_mac(m) or is_depthwise(m) or node.target in shared:
             continue
         layout = "first" if isinstance(m, nn.modules.conv._ConvNd) else "last"
         followers = _follow(node, _out_size(m), layout, modules, shared)
@@ -366,7 +367,7 @@ class _LayerTracer(fx.Tracer):
     """Keeps every Linear/Conv and norm a call_module node, wrapped or subclassed (quantized) as well."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        keep = _is_mac(m) or isinstance(m, nn.modules.batchnorm._BatchNorm)
+        keep = is_mac(m) or isinstance(m, nn.modules.batchnorm._BatchNorm)
         return keep or super().is_leaf_module(m, qualname)
 
 
@@ -380,7 +381,7 @@ def _graphs(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Modul
         yield prefix, module, _LayerTracer().trace(module)
     except Exception:  # control flow on values, unsupported ops: look one level down
         for name, child in module.named_children():
-            if not _is_mac(child) and next(child.children(), None) is not None:  # ModuleLists too
+            if not is_mac(child) and next(child.children(), None) is not None:  # ModuleLists too
                 yield from _graphs(child, f"{prefix}{name}.")
 
 
@@ -389,6 +390,50 @@ def _channel_groups(model: nn.Module) -> tuple[list[_Group], str]:
     groups = [g for prefix, module, graph in traced for g in _traced_groups(module, graph, prefix)]
     whole = len(traced) == 1 and traced[0][0] == ""
     return groups, "torch.fx" if whole else f"torch.fx per block ({len(traced)} traced)"
+
+
+# --- the converted form: units a pruned model can drop -----------------------------------------------
+
+@dataclass(frozen=True)
+class UnitCut:
+    """A structured group whose dead units (every reader's columns zero) can be cut from every tensor."""
+
+    group: str
+    kept: torch.Tensor  # (kept,) int64 indices of the units that stay
+    total: int
+    slices: tuple[UnitSlice, ...]  # producers, then followers: where the units lie
+
+
+def _dead_units(group: _Group) -> torch.Tensor | None:
+    """(units,) bool: True where every Linear/Conv reading the group has only zero columns; None: no reader."""
+    readers = [s for s in group.followers if s.tensor == "weight" and is_mac(s.module)
+               and not is_depthwise(s.module) and s.axis == weight_axes(s.module)[1]]
+    if not readers:
+        return None
+    dead = torch.ones(group.units, dtype=torch.bool)
+    for s in readers:
+        w = s.module.weight.detach().movedim(s.axis, 0).reshape(group.units, -1)
+        dead &= (w == 0).all(1).cpu()
+    return dead
+
+
+def structural_cuts(model: nn.Module) -> list[UnitCut]:
+    """The groups (torch.fx channel pairs) with units that carry nothing, for shrinking tensors at export.
+
+    A unit is cut only where all its readers are known; a model torch.fx cannot trace has no known pairs."""
+    try:
+        groups, _ = _channel_groups(model)
+    except Exception:
+        return []
+    cuts = []
+    for g in groups:
+        dead = _dead_units(g)
+        if dead is None or not bool(dead.any()):
+            continue
+        if bool(dead.all()):
+            dead[0] = False  # an empty tensor helps no runtime; keep one unit
+        cuts.append(UnitCut(g.name, torch.nonzero(~dead).flatten(), g.units, (*g.producers, *g.followers)))
+    return cuts
 
 
 # --- transformer units, found by name -----------------------------------------------------------------
@@ -415,7 +460,7 @@ def _neuron_groups(model: nn.Module) -> tuple[list[_Group], str]:
         for producer_paths, consumer_path in _FFN_NAMES:
             producers = [_submodule(block, p) for p in producer_paths]
             consumer = _submodule(block, consumer_path)
-            if not all(p is not None and _is_mac(p) for p in (*producers, consumer)):
+            if not all(p is not None and is_mac(p) for p in (*producers, consumer)):
                 continue
             prefix = f"{name}." if name else ""
             slices = [s for p in producers for s in _slices(p, "out")]
@@ -493,7 +538,7 @@ def _structured(model: nn.Module, config: PruneConfig) -> tuple[list[_Group], st
 
 
 def _plan(model: nn.Module, config: PruneConfig) -> _Plan:
-    names = [n for n, m in model.named_modules() if _is_mac(m)]
+    names = [n for n, m in model.named_modules() if is_mac(m)]
     _check_globs(names, config, model)
     if config.pattern == "structured":
         groups, how = _structured(model, config)
@@ -535,7 +580,7 @@ def _magnitude_masks(layers: dict[str, nn.Module], sparsity: float, scope: str) 
 
 def _nm_mask(module: nn.Module, m: int, drop: int) -> torch.Tensor:
     """Drop the ``drop`` smallest of every m weights along the input axis (the energy core's 2:4 layout)."""
-    in_axis = _axes(module)[1]
+    in_axis = weight_axes(module)[1]
     w = module.weight.detach().abs().movedim(in_axis, -1)  # Linear (O, I); Conv (O, kh, kw, I)
     groups = w.reshape(*w.shape[:-1], -1, m)  # (..., I/m, m)
     dropped = groups.argsort(dim=-1, stable=True)[..., :drop]
@@ -543,7 +588,7 @@ def _nm_mask(module: nn.Module, m: int, drop: int) -> torch.Tensor:
     return keep.reshape(w.shape).movedim(-1, in_axis)
 
 
-def _along(s: _Slice, keep: torch.Tensor) -> torch.Tensor:
+def _along(s: UnitSlice, keep: torch.Tensor) -> torch.Tensor:
     """A group's keep vector (units,) spread over one tensor's axis, shaped to broadcast against it."""
     tensor = _original(s.module, s.tensor)
     shape = [1] * tensor.dim()
@@ -642,7 +687,7 @@ class Pruning(Technique):
 
     def _pruned_weights(self) -> dict[str, torch.Tensor]:
         modules = list(self.plan.layers.values()) or [
-            s.module for s in self._tensors.values() if s.tensor == "weight" and _is_mac(s.module)]
+            s.module for s in self._tensors.values() if s.tensor == "weight" and is_mac(s.module)]
         return {self._names[id(m)]: self._mask(m) for m in modules}
 
     def _mask(self, module: nn.Module, tensor: str = "weight") -> torch.Tensor:
@@ -658,12 +703,18 @@ class Pruning(Technique):
 def _record_kept(module: nn.Module) -> None:
     """Bool buffers over the weight's rows and columns still in use (not saved; the masks are)."""
     mask = _combined_mask(module, "weight")
-    out_axis, in_axis = _axes(module) if _is_mac(module) else (0, 0)
+    out_axis, in_axis = weight_axes(module) if is_mac(module) else (0, 0)
     for name, axis in (("wattless_kept_out", out_axis), ("wattless_kept_in", in_axis)):
         if name == "wattless_kept_in" and mask.dim() < 2:
             continue
         kept = mask.movedim(axis, 0).reshape(mask.shape[axis], -1).any(1)
         module.register_buffer(name, kept, persistent=False)
+
+
+@register(PruneConfig, step="convert")
+def _convert_pruning(model: nn.Module, config: PruneConfig | None) -> None:
+    """The pruned form export reads: masks written into the weights (structural_cuts finds dead units)."""
+    bake_masks(model)
 
 
 @register(PruneConfig)

@@ -43,7 +43,7 @@ from wattless.techniques.base import ApplyContext, Technique, TechniqueConfig, r
 
 __all__ = [
     "LayerBits", "QuantConfig", "Quantization", "QuantizeError", "QuantLinear", "QuantConv1d", "QuantConv2d",
-    "integer_weights", "act_scale", "ptq_int8_",
+    "integer_weights", "act_scale", "is_quantized", "freeze_quantizers", "ptq_int8_",
 ]
 
 
@@ -474,6 +474,19 @@ def ptq_int8_(model: nn.Module, calibration_inputs: Any, *, act_range: Literal["
     return handle
 
 
+def freeze_quantizers(model: nn.Module) -> None:
+    """Stop learning or tracking every quantized layer's steps: its integers are final."""
+    for m in model.modules():
+        if isinstance(m, _QuantMixin):
+            m.freeze_steps()
+
+
+@register(QuantConfig, step="convert")
+def _convert_quantization(model: nn.Module, config: QuantConfig | None) -> None:
+    """The integer form export reads (integer_weights, act_scale): steps frozen, the layers unchanged."""
+    freeze_quantizers(model)
+
+
 class Quantization(Technique):
     """The live handle: freezes steps at finish, reports bits per layer."""
 
@@ -483,9 +496,7 @@ class Quantization(Technique):
         self.left_float = left_float
 
     def finish(self, model: nn.Module, context: ApplyContext | None) -> None:
-        for m in model.modules():
-            if isinstance(m, _QuantMixin):
-                m.freeze_steps()
+        freeze_quantizers(model)
 
     def report(self, model: nn.Module) -> dict[str, Any]:
         modules = dict(model.named_modules())
@@ -505,6 +516,12 @@ class Quantization(Technique):
 
 
 # --- reading out integers (export) ------------------------------------------------------------------
+
+def is_quantized(module: nn.Module) -> bool:
+    """Whether ``module`` computes with integer codes (a Quant* layer): its ``weight_bits``, ``act_bits``,
+    ``per_token`` and ``smooth_factor`` then say how, and integer_weights / act_scale read the integers."""
+    return isinstance(module, _QuantMixin)
+
 
 @torch.no_grad()
 def integer_weights(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
