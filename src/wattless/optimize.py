@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from wattless.energy import builtin_targets, count_each, estimate, resolve_target
-from wattless.errors import TrainingError
+from wattless._files import atomic_write, check_output_dir
+from wattless.errors import DamagedFileError, TrainingError
 from wattless.recipe import Recipe, apply_recipe, check_recipe, load_recipe, save_recipe
 from wattless.techniques.base import ApplyContext
 from wattless.train import EnergyTerm, TrainSettings, load_state, save_state, train
@@ -61,14 +62,13 @@ def baseline_model(workload: Workload, *, progress: bool = True, cache: Path | N
         try:
             load_state(model, weights)
             return model, json.loads(info.read_text())["metrics"]
-        except (RuntimeError, OSError, ValueError, KeyError):
+        except (DamagedFileError, RuntimeError, OSError, ValueError, KeyError):
             model = workload.build_model()  # a stale or damaged cache entry is retrained, not trusted
     train(model, workload, settings, progress=progress)
     metrics = workload.evaluate(model, workload.test)
     folder.mkdir(parents=True, exist_ok=True)
-    save_state(model, weights.with_suffix(".tmp"))
-    os.replace(weights.with_suffix(".tmp"), weights)
-    info.write_text(json.dumps({"metrics": metrics, "settings": settings.__dict__}))
+    save_state(model, weights)
+    atomic_write(info, json.dumps({"metrics": metrics, "settings": settings.__dict__}))
     return model, metrics
 
 
@@ -104,11 +104,37 @@ def _context(workload: Workload, teacher: nn.Module | None, steps: int) -> Apply
                         extras=extras)
 
 
+def _read_marker(out: Path) -> dict[str, Any]:
+    marker = out / "run.json"
+    try:
+        held = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DamagedFileError(f"{marker} is damaged ({type(exc).__name__}: {exc}): {out} cannot be trusted as a "
+                               "run directory; choose another --out or remove it") from None
+    if not isinstance(held, dict) or not isinstance(held.get("identity"), dict):
+        raise DamagedFileError(f"{marker} is not a wattless run marker (no identity); choose another --out or "
+                               "remove it")
+    return held
+
+
+def _finished(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The metrics of this very run if ``out`` holds it finished (read only), else None."""
+    if not (out / "run.json").is_file() or _read_marker(out)["identity"] != identity:
+        return None
+    if not all((out / f).is_file() for f in ("metrics.json", "model.safetensors", "recipe.toml")):
+        return None
+    try:
+        metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None  # written again from the final checkpoint
+    return metrics if isinstance(metrics, dict) else None
+
+
 def _claim_run_dir(out: Path, identity: dict[str, Any]) -> None:
     """A run directory holds one run: resuming the same one is fine, another one is refused untouched."""
     marker = out / "run.json"
     if marker.exists():
-        held = json.loads(marker.read_text())
+        held = _read_marker(out)
         if held.get("identity") != identity:
             raise TrainingError(
                 f"{out} holds another run (workload {held.get('identity', {}).get('workload')!r}, recipe "
@@ -118,7 +144,7 @@ def _claim_run_dir(out: Path, identity: dict[str, Any]) -> None:
     if out.exists() and any(out.iterdir()):
         raise TrainingError(f"{out} exists and is not a wattless run directory; choose an empty or new --out")
     out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"identity": identity}))
+    atomic_write(marker, json.dumps({"identity": identity}))
 
 
 def _ptq_int8(baseline: nn.Module, workload: Workload, samples: list[Any]) -> dict[str, Any]:
@@ -162,8 +188,12 @@ def optimize(
     wl = get_workload(workload, seed=recipe.train.seed) if isinstance(workload, str) else workload
     objective_target = resolve_target(recipe.objective_target)
     out = Path(out)
+    check_output_dir(out, "run directory", TrainingError)
     identity = {"workload": wl.name, "recipe_name": recipe.name,
                 "recipe_sha": hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode()).hexdigest()}
+    done = _finished(out, identity)
+    if done is not None:  # a finished run is left as it is
+        return {**done, "already_done": True}
 
     baseline, base_metrics = baseline_model(wl, progress=progress, cache=cache)
     teacher = _teacher(recipe, baseline)
@@ -188,7 +218,7 @@ def optimize(
                             budget_j=obj.energy_budget_uj * 1e-6 if obj.energy_budget_uj else None,
                             dual_lr=obj.dual_lr)
     result = train(student, wl, settings, techniques=techniques, teacher=teacher, distill=recipe.distill,
-                   energy=energy, run_dir=out, progress=progress,
+                   energy=energy, run_dir=out, progress=progress, identity={**identity, "seed": recipe.train.seed},
                    on_epoch=None if on_epoch is None else lambda epoch, record: on_epoch(epoch, record, student))
     for tech in techniques:
         tech.finish(student, context)
@@ -201,7 +231,7 @@ def optimize(
                       student, objective_target.name, energy)
     if baselines:
         report["ptq_int8"] = _ptq_int8(baseline, wl, samples)
-    (out / "metrics.json").write_text(json.dumps(report, indent=2))
+    atomic_write(out / "metrics.json", json.dumps(report, indent=2))
     return report
 
 
@@ -260,7 +290,9 @@ def load_run(run_dir: str | Path, workload: str | Workload | None = None) -> tup
     run_dir = Path(run_dir)
     recipe = load_recipe(run_dir / "recipe.toml")
     if workload is None:
-        workload = json.loads((run_dir / "run.json").read_text())["identity"]["workload"]
+        workload = _read_marker(run_dir)["identity"].get("workload")
+        if not isinstance(workload, str):
+            raise DamagedFileError(f"{run_dir / 'run.json'} names no workload; pass the run's workload")
     wl = get_workload(workload, seed=recipe.train.seed) if isinstance(workload, str) else workload
     model = wl.build_model()
     context = _context(wl, None, 0)

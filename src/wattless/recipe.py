@@ -27,7 +27,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
-from wattless._files import read_toml, validation_message
+from wattless._files import atomic_write, read_toml, validation_message
 from wattless.errors import RecipeError
 from wattless.techniques.act_sparsity import ActSparsityConfig
 from wattless.techniques.base import ApplyContext, Technique, TechniqueConfig, apply_
@@ -40,7 +40,7 @@ from wattless.techniques.quantize import QuantConfig
 __all__ = ["Recipe", "TrainSection", "Objective", "load_recipe", "parse_recipe", "check_recipe", "apply_recipe",
            "save_recipe"]
 
-_STRICT = ConfigDict(extra="forbid", frozen=True)
+_STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TrainSection(BaseModel):
@@ -118,7 +118,7 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:
-    Path(path).write_text(tomli_w.dumps(recipe.to_dict()), encoding="utf-8")
+    atomic_write(Path(path), tomli_w.dumps(recipe.to_dict()))
 
 
 def apply_recipe(model: nn.Module, recipe: Recipe, context: ApplyContext) -> list[Technique]:

@@ -34,7 +34,7 @@ __all__ = ["TechniqueConfig", "Technique", "ApplyContext", "register", "apply_",
 class TechniqueConfig(BaseModel):
     """Base of every technique's config: frozen, unknown keys rejected by name."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     kind: ClassVar[str] = "technique"
 
 
@@ -67,6 +67,14 @@ class Technique:
     def report(self, model: nn.Module) -> dict[str, Any]:
         """What the technique did, in numbers, for metrics.json."""
         return {}
+
+    def state(self) -> dict[str, Any]:
+        """What the technique keeps outside the model's tensors (a schedule's position), as JSON, for the
+        checkpoint: a resumed run must continue exactly as an uninterrupted one."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``state()`` returned."""
 
 
 HANDLERS: dict[type[TechniqueConfig], Callable[[nn.Module, Any, ApplyContext], Technique]] = {}

@@ -46,7 +46,7 @@ class PruneError(WattlessError, ValueError):
 class PruneSchedule(BaseModel):
     """When sparsity ramps: from 0 at ``start`` to the final value at ``end`` (fractions of training)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     start: float = Field(0.0, ge=0.0, le=1.0)
     end: float = Field(0.5, ge=0.0, le=1.0)
     every: int = Field(1, ge=1)  # update masks every k steps
@@ -592,6 +592,12 @@ class Pruning(Technique):
     def finish(self, model: nn.Module, context: ApplyContext) -> None:
         self.update(self.config.final_sparsity)
         self._final = True
+
+    def state(self) -> dict[str, Any]:
+        return {"current_sparsity": self.current_sparsity}  # the masks themselves are buffers in the model
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.current_sparsity = float(state.get("current_sparsity", 0.0))
 
     @torch.no_grad()
     def update(self, sparsity: float) -> None:
