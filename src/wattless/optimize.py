@@ -23,7 +23,7 @@ from wattless.techniques.base import ApplyContext
 from wattless.train import EnergyTerm, TrainSettings, load_state, save_state, train
 from wattless.workloads import Split, Workload, get_workload
 
-__all__ = ["optimize", "baseline_model", "load_run", "eval_samples", "energy_by_target", "cache_dir"]
+__all__ = ["optimize", "baseline_model", "load_run", "read_run_marker", "eval_samples", "energy_by_target", "cache_dir"]
 
 
 def cache_dir() -> Path:
@@ -104,7 +104,7 @@ def _context(workload: Workload, teacher: nn.Module | None, steps: int) -> Apply
                         extras=extras)
 
 
-def _read_marker(out: Path) -> dict[str, Any]:
+def read_run_marker(out: Path) -> dict[str, Any]:
     marker = out / "run.json"
     try:
         held = json.loads(marker.read_text(encoding="utf-8"))
@@ -119,7 +119,7 @@ def _read_marker(out: Path) -> dict[str, Any]:
 
 def _finished(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
     """The metrics of this very run if ``out`` holds it finished (read only), else None."""
-    if not (out / "run.json").is_file() or _read_marker(out)["identity"] != identity:
+    if not (out / "run.json").is_file() or read_run_marker(out)["identity"] != identity:
         return None
     if not all((out / f).is_file() for f in ("metrics.json", "model.safetensors", "recipe.toml")):
         return None
@@ -134,7 +134,7 @@ def _claim_run_dir(out: Path, identity: dict[str, Any]) -> None:
     """A run directory holds one run: resuming the same one is fine, another one is refused untouched."""
     marker = out / "run.json"
     if marker.exists():
-        held = _read_marker(out)
+        held = read_run_marker(out)
         if held.get("identity") != identity:
             raise TrainingError(
                 f"{out} holds another run (workload {held.get('identity', {}).get('workload')!r}, recipe "
@@ -290,7 +290,7 @@ def load_run(run_dir: str | Path, workload: str | Workload | None = None) -> tup
     run_dir = Path(run_dir)
     recipe = load_recipe(run_dir / "recipe.toml")
     if workload is None:
-        workload = _read_marker(run_dir)["identity"].get("workload")
+        workload = read_run_marker(run_dir)["identity"].get("workload")
         if not isinstance(workload, str):
             raise DamagedFileError(f"{run_dir / 'run.json'} names no workload; pass the run's workload")
     wl = get_workload(workload, seed=recipe.train.seed) if isinstance(workload, str) else workload

@@ -43,6 +43,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from wattless._files import check_output_dir
 from wattless.energy import Counts, Target, count_each, estimate, resolve_target, set_precision
 from wattless.errors import SearchError, StorageError, WattlessError
 from wattless.optimize import baseline_model, energy_by_target, eval_samples, load_run, optimize
@@ -658,10 +659,25 @@ def _sqlite_wal(url: str) -> None:
             con.execute("PRAGMA journal_mode=WAL")
 
 
+def _with_driver(url: str) -> str:
+    """``postgresql://`` (the form the docs give) with the driver that is installed: SQLAlchemy 2.1 reads the
+    bare form as psycopg 3, and many machines have psycopg2 only."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return url
+    for module, dialect in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return f"{dialect}://{rest}"
+    return url  # neither: the error below says which driver to install
+
+
 def _open_storage(url: str) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats (a worker that dies mid-trial has the trial retried elsewhere)."""
     from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
+    url = _with_driver(url)
     engine: dict[str, Any] = {}
     if url.startswith("sqlite"):
         engine = {"connect_args": {"timeout": 60}}
@@ -697,7 +713,12 @@ def _check_out(out: Path, identity: dict[str, str]) -> None:
     """An output folder holds one study; reading only, so a refused command changes nothing."""
     claim = out / CLAIM_FILE
     if claim.exists():
-        held = json.loads(claim.read_text())
+        try:
+            held = json.loads(claim.read_text(encoding="utf-8"))
+            held.get("study_name")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+            raise SearchError(f"{claim} is damaged ({type(exc).__name__}); {out} cannot be trusted as a search "
+                              "folder: choose another --out or remove it") from None
         if {k: held.get(k) for k in identity} != identity:
             raise SearchError(
                 f"{out} holds the search of study {held.get('study_name')!r} (workload "
@@ -1274,8 +1295,8 @@ class _View:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.total = total
-        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), disable=not enabled,
+        self.bar = Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[status]}", markup=False), TimeElapsedColumn(), disable=not enabled,
                             console=console)
         self._search = self._trial = None
 
@@ -1390,6 +1411,7 @@ def search(
     if (trials is not None and trials < 1) or (minutes is not None and not minutes > 0) or workers < 1:
         raise SearchError(f"--trials and --workers must be >= 1 and --minutes > 0 (got trials={trials}, "
                           f"minutes={minutes}, workers={workers})")
+    _check_settings(minutes, energy_inputs, Path(out))
     tgt = resolve_target(target)
     wl = get_workload(workload) if isinstance(workload, str) else workload
     if workers > 1 and not isinstance(workload, str):
@@ -1451,6 +1473,16 @@ def search(
             raise
         finally:
             _stop(procs)
+
+
+def _check_settings(minutes: float | None, energy_inputs: int, out: Path) -> None:
+    """What search() is given beyond the budget, checked before any work."""
+    if minutes is not None and not math.isfinite(minutes):
+        raise SearchError(f"--minutes must be a finite number of minutes, got {minutes}")
+    if energy_inputs < 1:
+        raise SearchError(f"--energy-inputs must be >= 1 (test inputs each model's energy is counted on), got "
+                          f"{energy_inputs}")
+    check_output_dir(out, "search folder", SearchError)
 
 
 def _build_report(out: Path) -> Path | None:

@@ -340,8 +340,8 @@ def _train(model, workload, settings, techniques, teacher, distill, energy, run_
     loss_value = history[-1]["loss"] if history else float("nan")  # a run resumed at its end reports its last epoch
     if energy is not None and history and history[-1].get("soft_energy_j") is not None:
         energy.last_j = history[-1]["soft_energy_j"]
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[status]}"), TimeRemainingColumn(), disable=not progress, transient=False)
+    bar = Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[status]}", markup=False), TimeRemainingColumn(), disable=not progress, transient=False)
     with bar:
         task_id = bar.add_task(f"training {workload.name}", total=total, completed=step, status="")
         for epoch in range(start_epoch, settings.epochs):
