@@ -15,6 +15,11 @@ from rich.text import Text
 
 from wattless.errors import CalibrationError, WattlessError
 
+try:  # typer runs its own copy of click; its exceptions are what the command line raises
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # older typer: plain click
+    from click.exceptions import ClickException, NoArgsIsHelpError
+
 app = typer.Typer(
     name="wattless",
     help="Make neural networks structurally stingy and prove it in joules.",
@@ -262,7 +267,18 @@ _register_more()
 def main() -> None:
     """Run the command line: a WattlessError is one line and exit code 2, never a traceback."""
     try:
-        app()
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        exc.show()  # the help, as `wattless` alone always printed it
+        sys.exit(exc.exit_code)
+    except ClickException as exc:  # a bad option or argument: one line too, with the way to the help
+        ctx = getattr(exc, "ctx", None)
+        where = f"wattless {ctx.info_name}" if ctx is not None and ctx.parent is not None else "wattless"
+        print_error(f"{exc.format_message()} (see `{where} --help`)")
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print_error("interrupted")
+        sys.exit(130)
     except WattlessError as exc:
         print_error(str(exc))
         sys.exit(2)
@@ -280,6 +296,7 @@ def main() -> None:
         print_error(f"unexpected {type(exc).__name__}: {exc} (a bug in wattless or in user code it ran; "
                     "please report it with the command)")
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
