@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,9 @@ def calibrate(
     machine: str = "this machine",
 ) -> CalibrationResult:
     """Fit ``fit`` (default: every coefficient the measurements exercise) of ``base`` to ``points``."""
+    if name is not None and not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
+        raise CalibrationError(f"target name {name!r} must be lower-case letters, digits, '.', '_' or '-', "
+                               "starting with a letter or digit (e.g. my-board)")
     if len(points) < 2:
         raise CalibrationError("calibration needs measurements of at least 2 models")
     if any(not (math.isfinite(p.measured_j) and p.measured_j > 0) for p in points):
