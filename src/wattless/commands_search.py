@@ -45,8 +45,8 @@ def _print_result(result, as_json: bool) -> None:
                                                   for p in result.frontier]}) + "\n")
         return
     _console.print(summary_table(result))  # its cells are escaped where they quote user text
-    _console.print(summary_line(result), highlight=False)
-    _console.print(f"results: {result.results_path}\nreport:  {result.report_path}", highlight=False)
+    _console.print(Text(summary_line(result)), highlight=False)
+    _console.print(Text(f"results: {result.results_path}\nreport:  {result.report_path}"), highlight=False)
 
 
 def search_command(
@@ -95,7 +95,7 @@ def report_command(
     """Rebuild DIR/report.html (and its PNG plots) from DIR/results.json, without re-running anything."""
     from wattless.report import build_report
 
-    _console.print(f"report: {build_report(out)}", highlight=False)
+    _console.print(Text(f"report: {build_report(out)}"), highlight=False)
 
 
 def demo_command(

@@ -109,11 +109,11 @@ def read_run_marker(out: Path) -> dict[str, Any]:
     try:
         held = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise DamagedFileError(f"{marker} is damaged ({type(exc).__name__}: {exc}): {out} cannot be trusted as a "
-                               "run directory; choose another --out or remove it") from None
+        raise DamagedFileError(f"{marker} is damaged ({type(exc).__name__}: {exc}), so {out} is not a readable run "
+                               "directory; train into a new --out (or remove this one)") from None
     if not isinstance(held, dict) or not isinstance(held.get("identity"), dict):
-        raise DamagedFileError(f"{marker} is not a wattless run marker (no identity); choose another --out or "
-                               "remove it")
+        raise DamagedFileError(f"{marker} is not a wattless run marker (no identity), so {out} is not a readable run "
+                               "directory; train into a new --out (or remove this one)")
     return held
 
 

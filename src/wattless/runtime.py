@@ -75,6 +75,8 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
     if not path.is_file():
         raise ExportError(f"{path} does not exist; export a run first: wattless export RUN_DIR --out {path}")
+    if path.stat().st_size == 0:
+        raise ExportError(f"{path} is empty (zero bytes); export the run again: wattless export RUN_DIR --out {path}")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
