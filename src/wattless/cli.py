@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -40,6 +41,24 @@ def print_error(message: str) -> None:
 def _fail(message: str) -> None:
     print_error(message)
     raise typer.Exit(code=2)
+
+
+def _json_line(obj) -> str:
+    """One line of strict JSON: a non-finite float (a model with NaN weights) is written as null, not NaN."""
+    try:
+        return json.dumps(obj, allow_nan=False) + "\n"
+    except ValueError:
+        return json.dumps(_finite(obj), allow_nan=False) + "\n"
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _si(value: float, unit: str) -> str:
@@ -124,14 +143,14 @@ def profile(
     result = run_profile(model, inputs, targets, measure_energy=measure)
     if as_json:
         out = {"model": spec, **result.to_json()}
-        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.write(_json_line(out))
         return
     for name in result.estimates:
         console.print(_profile_table(result, name, top))
     if result.measurement:
         m = result.measurement
         console.print(
-            f"[bold]measured[/] on {', '.join(m.devices)}: {_joules(m.energy_j)} per inference "
+            f"[bold]measured[/] on {escape(', '.join(m.devices))}: {_joules(m.energy_j)} per inference "
             f"(median of {len(m.per_window_energy_j)} windows of {m.window_s:.2f} s, spread {100 * m.spread:.1f}%)"
         )
     elif measure:
@@ -207,7 +226,7 @@ def calibrate(
     result = run_calibrate(points, base, fit=fit, name=name)
     write_target(result.target, out)
     if as_json:
-        sys.stdout.write(json.dumps({**result.summary(), "out": str(out)}) + "\n")
+        sys.stdout.write(_json_line({**result.summary(), "out": str(out)}))
         return
     table = Table(title=f"calibrated {base.name} -> {result.target.name}")
     for col in ("coefficient", "base", "fitted"):
@@ -215,8 +234,8 @@ def calibrate(
     for k, v in result.fitted.items():
         table.add_row(k, f"{result.base[k]:.4g}", f"{v:.4g}")
     console.print(table)
-    console.print(f"fit error: RMS {100 * result.rms_rel_error:.1f}% (base target: {100 * result.base_rms_rel_error:.1f}%), "
-                  f"worst {100 * result.max_abs_rel_error:.1f}%; written to {out}")
+    console.print(Text(f"fit error: RMS {100 * result.rms_rel_error:.1f}% (base target: "
+                       f"{100 * result.base_rms_rel_error:.1f}%), worst {100 * result.max_abs_rel_error:.1f}%; written to {out}"))
 
 
 @app.command()
@@ -233,7 +252,7 @@ def optimize(
 
     metrics = run_optimize(workload, recipe, out, target=target, progress=not no_progress and not as_json)
     if as_json:
-        sys.stdout.write(json.dumps(metrics) + "\n")
+        sys.stdout.write(_json_line(metrics))
         return
     if metrics.get("already_done"):
         console.print(Text(f"{out} holds this run, finished: left as it is (remove it to train again)"))
