@@ -21,21 +21,41 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
 
 __all__ = ["TechniqueConfig", "Technique", "ApplyContext", "register", "apply_", "full_path", "clear_soft_probs",
            "HANDLERS"]
 
 
+def numbers_are_numbers(cls: type[BaseModel], data: Any) -> Any:
+    """A `true` or `false` given for a numeric field is refused (pydantic would read it as 1 or 0)."""
+    if isinstance(data, dict):
+        for name, field in cls.model_fields.items():
+            value = data.get(field.alias or name, data.get(name))
+            if isinstance(value, bool) and _numeric(field.annotation):
+                raise ValueError(f"`{name}` takes a number, not {str(value).lower()}")
+    return data
+
+
+def _numeric(annotation: Any) -> bool:
+    kinds = get_args(annotation) or (annotation,)
+    return bool not in kinds and any(k in (int, float) for k in kinds)
+
+
 class TechniqueConfig(BaseModel):
-    """Base of every technique's config: frozen, unknown keys rejected by name."""
+    """Base of every technique's config: frozen, unknown keys and non-finite numbers rejected by name."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     kind: ClassVar[str] = "technique"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers(cls, data: Any) -> Any:
+        return numbers_are_numbers(cls, data)
 
 
 @dataclass

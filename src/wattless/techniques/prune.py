@@ -29,7 +29,7 @@ from torch import fx, nn
 from torch.nn.utils import parametrize
 
 from wattless.errors import WattlessError
-from wattless.techniques.base import ApplyContext, Technique, TechniqueConfig, register
+from wattless.techniques.base import ApplyContext, Technique, TechniqueConfig, numbers_are_numbers, register
 
 __all__ = [
     "PruneConfig", "PruneSchedule", "PruneError", "Mask", "Pruning", "check_prunable", "cubic_sparsity",
@@ -50,6 +50,8 @@ class PruneSchedule(BaseModel):
     start: float = Field(0.0, ge=0.0, le=1.0)
     end: float = Field(0.5, ge=0.0, le=1.0)
     every: int = Field(1, ge=1)  # update masks every k steps
+
+    _numbers = model_validator(mode="before")(classmethod(numbers_are_numbers))
 
     @model_validator(mode="after")
     def _ordered(self) -> "PruneSchedule":

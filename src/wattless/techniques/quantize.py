@@ -39,7 +39,7 @@ from torch.nn.utils import parametrize
 
 from wattless.energy.count import run_model, uncounted
 from wattless.errors import InputError, WattlessError
-from wattless.techniques.base import ApplyContext, Technique, TechniqueConfig, register
+from wattless.techniques.base import ApplyContext, Technique, TechniqueConfig, numbers_are_numbers, register
 
 __all__ = [
     "LayerBits", "QuantConfig", "Quantization", "QuantizeError", "QuantLinear", "QuantConv1d", "QuantConv2d",
@@ -57,6 +57,8 @@ class LayerBits(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     weight_bits: int = Field(8, ge=2, le=8)
     act_bits: int | None = Field(8, ge=2, le=8)  # None: this layer's input stays float
+
+    _numbers = model_validator(mode="before")(classmethod(numbers_are_numbers))
 
     @model_serializer(mode="wrap")
     def _given_only(self, handler) -> dict[str, Any]:
