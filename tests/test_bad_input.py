@@ -219,6 +219,7 @@ CASES: list[tuple[str, Callable[[World], list[str]], str]] = [
     ("export-empty-model", lambda w: ["export", _damaged_run(w, "e-empty", "empty"), "-w", SPEC, "--out", str(w.root / "e.onnx")], "is empty"),
     ("export-pt-model", lambda w: ["export", _damaged_run(w, "e-pt", "pt"), "-w", SPEC, "--out", str(w.root / "e.onnx")], "not a safetensors file"),
     ("export-garbage-run-json", lambda w: ["export", _damaged_run(w, "e-json", "run.json"), "--out", str(w.root / "e.onnx")], "damaged"),
+    ("export-out-under-file", lambda w: ["export", str(w.run), "-w", SPEC, "--out", _file(w, "e-file") + "/e.onnx"], "not a folder"),
     ("export-out-directory", lambda w: ["export", str(w.run), "-w", SPEC, "--out", str(w.root)], "is a directory"),
     # bench: checked before any timing
     ("bench-json-directory", lambda w: ["bench", "-w", SPEC, "--run", str(w.run), "--json", str(w.root)], "is a directory"),
@@ -300,6 +301,17 @@ def test_markup_in_a_recipe_name_prints_after_a_finished_training(world, monkeyp
     code, out, err = run_cli("optimize", "-w", SPEC, "-r", recipe, "-o", str(world.root / "markup-run"), "--no-progress")
     assert code == 0, err
     assert "[/x] [distill]" in out
+
+
+def test_markup_in_a_workload_name_shows_in_the_progress_bar(capsys):
+    import dataclasses
+
+    from tests.tiny_workload import tiny
+    from wattless.train import TrainSettings, train
+
+    wl = dataclasses.replace(tiny(), name="[/x] [distill]")
+    train(wl.build_model(), wl, TrainSettings(epochs=1, lr=1e-2, batch_size=256), progress=True)
+    assert "training [/x] [distill]" in capsys.readouterr().out
 
 
 def test_the_json_of_a_target_is_never_bare_nan(world):
