@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 import os
 import sys
 import tomllib
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from pydantic import ValidationError
 
-__all__ = ["import_python_file", "read_toml", "validation_message", "atomic_write", "check_output_file",
+__all__ = ["import_python_file", "read_toml", "validation_message", "atomic_write", "json_safe", "check_output_file",
            "check_output_dir"]
 
 
@@ -72,6 +74,17 @@ def atomic_write(path: Path, data: str | bytes) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float as None: what strict JSON can hold (NaN and inf are not JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def check_output_file(path: Path, what: str, error: type[Exception]) -> None:

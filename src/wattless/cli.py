@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -14,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from wattless._files import json_safe
 from wattless.errors import CalibrationError, WattlessError
 
 try:  # typer runs its own copy of click; its exceptions are what the command line raises
@@ -45,20 +45,7 @@ def _fail(message: str) -> None:
 
 def _json_line(obj) -> str:
     """One line of strict JSON: a non-finite float (a model with NaN weights) is written as null, not NaN."""
-    try:
-        return json.dumps(obj, allow_nan=False) + "\n"
-    except ValueError:
-        return json.dumps(_finite(obj), allow_nan=False) + "\n"
-
-
-def _finite(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
+    return json.dumps(json_safe(obj), allow_nan=False) + "\n"
 
 
 def _si(value: float, unit: str) -> str:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from wattless.energy import builtin_targets, count_each, estimate, resolve_target
-from wattless._files import atomic_write, check_output_dir
+from wattless._files import atomic_write, check_output_dir, json_safe
 from wattless.errors import DamagedFileError, TrainingError
 from wattless.recipe import Recipe, apply_recipe, check_recipe, load_recipe, save_recipe
 from wattless.techniques.base import ApplyContext
@@ -189,6 +189,8 @@ def optimize(
     objective_target = resolve_target(recipe.objective_target)
     out = Path(out)
     check_output_dir(out, "run directory", TrainingError)
+    if energy_inputs < 1:
+        raise TrainingError(f"energy_inputs must be >= 1 (test inputs each model's energy is counted on), got {energy_inputs}")
     identity = {"workload": wl.name, "recipe_name": recipe.name,
                 "recipe_sha": hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode()).hexdigest()}
     done = _finished(out, identity)
@@ -231,7 +233,8 @@ def optimize(
                       student, objective_target.name, energy)
     if baselines:
         report["ptq_int8"] = _ptq_int8(baseline, wl, samples)
-    atomic_write(out / "metrics.json", json.dumps(report, indent=2))
+    report = json_safe(report)  # a figure that could not be computed is null, never a bare NaN in the JSON
+    atomic_write(out / "metrics.json", json.dumps(report, indent=2, allow_nan=False))
     return report
 
 
