@@ -280,9 +280,13 @@ def _check_run(run: Path, workload: str) -> None:
     marker = run / "run.json"
     if not marker.is_file():
         raise BenchError(f"--run {run} is not a `wattless optimize` run directory (no run.json)")
-    held = json.loads(marker.read_text()).get("identity", {}).get("workload")
+    from wattless.optimize import read_run_marker
+    from wattless.train import read_tensors
+
+    held = read_run_marker(run)["identity"].get("workload")
     if held != workload:
         raise BenchError(f"--run {run} holds a run of workload {held!r}, not {workload!r}; pass --workload {held}")
+    read_tensors(run / "model.safetensors")  # a damaged model is named now, not after the timing
 
 
 # --- the benchmark ----------------------------------------------------------------------------------------
@@ -353,6 +357,18 @@ class _Prepared:
     kernel_notes: dict[str, str] = field(default_factory=dict)
 
 
+def _check_files(export: str | Path | None, json_path: str | Path | None) -> None:
+    """Every file bench was given, checked before minutes of timing: an export it can load, a JSON path it
+    can write."""
+    from wattless._files import check_output_file
+    from wattless.runtime import read_metadata
+
+    if json_path is not None:
+        check_output_file(Path(json_path), "--json", BenchError)
+    if export is not None:
+        read_metadata(export)  # ExportError naming the file if it is not a wattless export
+
+
 def bench(
     workload: str,
     *,
@@ -381,6 +397,7 @@ def bench(
 
     say = log or (lambda msg: None)
     runtimes = _check_args(runtimes, batches, threads, warmup, repeats, seq_len, rounds)
+    _check_files(export, json_path)
     wl = get_workload(workload)
     if run is not None:
         run = Path(run)
@@ -404,8 +421,10 @@ def bench(
         if own:
             shutil.rmtree(work, ignore_errors=True)
     if json_path is not None:
+        from wattless._files import atomic_write
+
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=2))
+        atomic_write(Path(json_path), json.dumps(result, indent=2))
     return result
 
 
@@ -605,11 +624,12 @@ def guard_lines(result: dict[str, Any]) -> list[str]:
 def print_table(result: dict[str, Any], console: Any = None, target: str = "mobile-npu") -> None:
     """The result as a table on the console, with the guard's verdict under it."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
     m = result["machine"]
-    table = Table(title=f"{result['workload']}: runtimes side by side, {result['threads']} thread(s), "
+    table = Table(title=f"{escape(result['workload'])}: runtimes side by side, {result['threads']} thread(s), "
                         f"{result['repeats']} timed calls" + (f", {result['seq_len']} tokens" if result["seq_len"] else ""),
                   caption=f"{m['cpu']} ({m['cores']} cores, {_features_text(m.get('cpu_features') or {})}), "
                           f"load average {m['load_average_start'][0]:.1f} -> {m['load_average_end'][0]:.1f}; "
@@ -630,7 +650,7 @@ def print_table(result: dict[str, Any], console: Any = None, target: str = "mobi
     for line in guard_lines(result):
         console.print(("[bold red]" if "SLOWER" in line else "[green]") + line, highlight=False)
     if result["measured_note"]:
-        console.print(f"[yellow]not measured:[/] {result['measured_note']}", highlight=False)
+        console.print(f"[yellow]not measured:[/] {escape(result['measured_note'])}", highlight=False)
 
 
 def _main(argv: list[str]) -> None:

@@ -9,9 +9,17 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from wattless.errors import WattlessError
+from wattless._files import json_safe
+from wattless.errors import CalibrationError, WattlessError
+
+try:  # typer runs its own copy of click; its exceptions are what the command line raises
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # older typer: plain click
+    from click.exceptions import ClickException, NoArgsIsHelpError
 
 app = typer.Typer(
     name="wattless",
@@ -24,9 +32,20 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 
+def print_error(message: str) -> None:
+    """One line on stderr; the message is text (it quotes paths, specs and names the user wrote)."""
+    line = " ".join(str(message).split())
+    err_console.print(Text.assemble(("error:", "bold red"), " ", line), highlight=False, soft_wrap=True)
+
+
 def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    print_error(message)
     raise typer.Exit(code=2)
+
+
+def _json_line(obj) -> str:
+    """One line of strict JSON: a non-finite float (a model with NaN weights) is written as null, not NaN."""
+    return json.dumps(json_safe(obj), allow_nan=False) + "\n"
 
 
 def _si(value: float, unit: str) -> str:
@@ -54,7 +73,7 @@ def _profile_table(result, target_name: str, top: int) -> Table:
     est = result.estimates[target_name]
     records = {r["name"]: r for r in result.counts.mean_records()}
     table = Table(
-        title=f"{target_name}: joules per inference, [bold]estimated[/] (not measured)",
+        title=f"{escape(target_name)}: joules per inference, [bold]estimated[/] (not measured)",
         caption=f"{len(est.units)} units; {min(top, len(est.units))} biggest shown",
         show_footer=True,
     )
@@ -71,7 +90,7 @@ def _profile_table(result, target_name: str, top: int) -> Table:
     for unit in est.units[:top]:
         rec = records[unit.name]
         table.add_row(
-            unit.name, unit.type, _si(unit.macs, ""), _si(unit.effective_macs, ""),
+            Text(unit.name), Text(unit.type), _si(unit.macs, ""), _si(unit.effective_macs, ""),
             f"{rec['weight_precision']}/{rec['act_precision']}", _si(rec["weight_bytes"], "B"),
             _joules(unit.energy_j), f"{100 * unit.energy_j / est.energy_j:.1f}%" if est.energy_j else "-",
             _seconds(unit.latency_s),
@@ -112,6 +131,8 @@ def profile(
     from wattless.energy import profile as run_profile, resolve_target, set_precision
     from wattless.spec import example_from_shape, load_model, parse_shape
 
+    if top < 1:
+        _fail(f"--top takes a positive number of units per table, got {top}")
     targets = [resolve_target(t) for t in target] if target else None
     shape = parse_shape(input_shape) if input_shape else None
     model, inputs = load_model(spec)
@@ -138,18 +159,18 @@ def profile(
     result = run_profile(model, inputs, targets, measure_energy=measure)
     if as_json:
         out = {"model": spec, **result.to_json()}
-        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.write(_json_line(out))
         return
     for name in result.estimates:
         console.print(_profile_table(result, name, top))
     if result.measurement:
         m = result.measurement
         console.print(
-            f"[bold]measured[/] on {', '.join(m.devices)}: {_joules(m.energy_j)} per inference "
+            f"[bold]measured[/] on {escape(', '.join(m.devices))}: {_joules(m.energy_j)} per inference "
             f"(median of {len(m.per_window_energy_j)} windows of {m.window_s:.2f} s, spread {100 * m.spread:.1f}%)"
         )
     elif measure:
-        console.print(f"[yellow]not measured:[/] {result.measurement_note}")
+        console.print(f"[yellow]not measured:[/] {escape(str(result.measurement_note))}")
 
 
 @app.command()
@@ -165,10 +186,11 @@ def targets(
         sys.stdout.write(json.dumps({n: t.to_toml_dict() for n, t in found.items()}) + "\n")
         return
     for name, t in found.items():
-        console.print(f"[bold]{name}[/] ({t.kind}): {t.description}", highlight=False)
+        console.print(f"[bold]{escape(name)}[/] ({t.kind}): {escape(t.description)}", highlight=False)
         if sources:
             for s in t.sources:
-                console.print(f"   [dim]{s.key}:[/] {s.cite}  [dim]covers {', '.join(s.covers)}[/]", highlight=False)
+                console.print(f"   [dim]{escape(s.key)}:[/] {escape(s.cite)}  [dim]covers {escape(', '.join(s.covers))}[/]",
+                              highlight=False)
 
 
 @app.command()
@@ -193,28 +215,34 @@ def calibrate(
     from wattless.energy import CalibrationPoint, calibrate as run_calibrate, count, resolve_target, set_precision, write_target
     from wattless.spec import example_from_shape, load_model, parse_shape
 
+    from wattless._files import check_output_file
+    from wattless.energy.calibrate import check_measurement_rows
+
     base = resolve_target(target)
+    check_output_file(out, "--out", CalibrationError)
+    if out.exists() and out.resolve() == Path(target).resolve():
+        _fail(f"--out {out} is the base target file; write the fitted target elsewhere")
     try:
-        rows = json.loads(measurements.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        rows = json.loads(measurements.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         _fail(f"cannot read measurements {measurements}: {exc}")
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and "spec" in r and "measured_j" in r for r in rows):
-        _fail(f"{measurements}: expected a JSON list of objects with at least `spec` and `measured_j`")
+    check_measurement_rows(rows, str(measurements))
     points = []
-    for row in rows:
+    for i, row in enumerate(rows):
         model, inputs = load_model(row["spec"])
         if row.get("input_shape"):
             inputs = example_from_shape(parse_shape(str(row["input_shape"])))
         if inputs is None:
             _fail(f"{row['spec']!r} gives no example inputs: add `input_shape` to its record")
-        set_precision(model, row.get("weight_precision"), row.get("act_precision"))
+        try:
+            set_precision(model, row.get("weight_precision"), row.get("act_precision"))
+        except ValueError as exc:
+            _fail(f"{measurements}: record {i}: {exc}")
         points.append(CalibrationPoint(row.get("name", row["spec"]), count(model, inputs), float(row["measured_j"])))
-    if out.exists() and out.resolve() == Path(target).resolve():
-        _fail(f"--out {out} is the base target file; write the fitted target elsewhere")
     result = run_calibrate(points, base, fit=fit, name=name)
     write_target(result.target, out)
     if as_json:
-        sys.stdout.write(json.dumps({**result.summary(), "out": str(out)}) + "\n")
+        sys.stdout.write(_json_line({**result.summary(), "out": str(out)}))
         return
     table = Table(title=f"calibrated {base.name} -> {result.target.name}")
     for col in ("coefficient", "base", "fitted"):
@@ -222,8 +250,8 @@ def calibrate(
     for k, v in result.fitted.items():
         table.add_row(k, f"{result.base[k]:.4g}", f"{v:.4g}")
     console.print(table)
-    console.print(f"fit error: RMS {100 * result.rms_rel_error:.1f}% (base target: {100 * result.base_rms_rel_error:.1f}%), "
-                  f"worst {100 * result.max_abs_rel_error:.1f}%; written to {out}")
+    console.print(Text(f"fit error: RMS {100 * result.rms_rel_error:.1f}% (base target: "
+                       f"{100 * result.base_rms_rel_error:.1f}%), worst {100 * result.max_abs_rel_error:.1f}%; written to {out}"))
 
 
 @app.command()
@@ -240,10 +268,13 @@ def optimize(
 
     metrics = run_optimize(workload, recipe, out, target=target, progress=not no_progress and not as_json)
     if as_json:
-        sys.stdout.write(json.dumps(metrics) + "\n")
+        sys.stdout.write(_json_line(metrics))
         return
+    if metrics.get("already_done"):
+        console.print(Text(f"{out} holds this run, finished: left as it is (remove it to train again)"))
     t = metrics["target"]
-    table = Table(title=f"{metrics['workload']} with {metrics['recipe']}: energy per inference, estimated on {t}")
+    table = Table(title=f"{escape(metrics['workload'])} with {escape(metrics['recipe'])}: energy per inference, "
+                        f"estimated on {escape(t)}")
     for col in ("model", metrics["metric_name"], f"energy on {t}", "vs fp32"):
         table.add_column(col, justify="right")
     base = metrics["baseline_energy_j"][t]
@@ -256,7 +287,7 @@ def optimize(
     table.add_row("wattless (this run)", f"{metrics['accuracy']:.4f}", _joules(metrics["energy_j"][t]),
                   f"{metrics['energy_ratio'][t]:.1f}x lower")
     console.print(table)
-    console.print(f"written to {out} (model.safetensors, recipe.toml, metrics.json)")
+    console.print(Text(f"written to {out} (model.safetensors, recipe.toml, metrics.json)"))
 
 
 def _register_more() -> None:
@@ -270,11 +301,38 @@ _register_more()
 
 
 def main() -> None:
+    """Run the command line: a WattlessError is one line and exit code 2, never a traceback."""
     try:
-        app()
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        exc.show()  # the help, as `wattless` alone always printed it
+        sys.exit(exc.exit_code)
+    except ClickException as exc:  # a bad option or argument: one line too, with the way to the help
+        ctx = getattr(exc, "ctx", None)
+        where = f"wattless {ctx.info_name}" if ctx is not None and ctx.parent is not None else "wattless"
+        print_error(f"{exc.format_message()} (see `{where} --help`)")
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print_error("interrupted")
+        sys.exit(130)
     except WattlessError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        print_error(str(exc))
         sys.exit(2)
+    except KeyboardInterrupt:
+        print_error("interrupted")
+        sys.exit(130)
+    except MemoryError:
+        print_error("out of memory: the model, its inputs or a setting (--input-shape, a batch size) is too large "
+                    "for this machine")
+        sys.exit(2)
+    except OSError as exc:  # the environment: a full disk, a permission, a path that went away
+        print_error(f"{type(exc).__name__}: {exc}")
+        sys.exit(2)
+    except Exception as exc:  # a last resort: specific checks raise WattlessError before getting here
+        print_error(f"unexpected {type(exc).__name__}: {exc} (a bug in wattless or in user code it ran; "
+                    "please report it with the command)")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

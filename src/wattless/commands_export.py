@@ -13,7 +13,9 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from wattless.errors import BenchError, ExportError
 
@@ -35,6 +37,7 @@ def export(
     as_json: Annotated[bool, typer.Option("--json", help="print the export report as one JSON object")] = False,
 ) -> None:
     """Export an optimized run to ONNX with integer kernels, checked against the PyTorch model."""
+    from wattless._files import check_output_file
     from wattless.export import export_run
     from wattless.kernels import INT8_KERNELS
 
@@ -42,27 +45,30 @@ def export(
         raise ExportError(f"--int8-kernel {int8_kernel!r}: choose one of {', '.join(INT8_KERNELS)}")
     if not run_dir.is_dir():
         raise ExportError(f"run directory {run_dir} does not exist; run `wattless optimize ... --out {run_dir}` first")
+    check_output_file(out, "--out", ExportError)
     report = export_run(run_dir, out, workload=workload, requantize=requantize, int8_kernel=int8_kernel)
     if as_json:
         sys.stdout.write(json.dumps(report.to_json()) + "\n")
         return
-    table = Table(title=f"{report.workload} exported to {report.path} ({report.size_bytes / 1e6:.2f} MB, {report.kind})")
+    table = Table(title=escape(f"{report.workload} exported to {report.path} ({report.size_bytes / 1e6:.2f} MB, "
+                               f"{report.kind})"))
     table.add_column("layer")
     table.add_column("runs on")
     for layer, kernel in report.layers.items():
-        table.add_row(layer, kernel)
+        table.add_row(Text(layer), Text(kernel))
     _console.print(table)
     for group, units in report.removed.items():
-        _console.print(f"removed: {group} keeps {units['kept']} of {units['total']} units", highlight=False)
+        _console.print(Text(f"removed: {group} keeps {units['kept']} of {units['total']} units"), highlight=False)
     if report.exits:
-        _console.print(f"early exits after {', '.join(e['after'] for e in report.exits)} (ONNX If: later blocks "
-                       "run only on the rows still going)", highlight=False)
+        _console.print(Text(f"early exits after {', '.join(e['after'] for e in report.exits)} (ONNX If: later "
+                            "blocks run only on the rows still going)"), highlight=False)
     for block, experts in report.routes.items():
-        _console.print(f"mixture of experts {block}: {experts} experts, each runs only on its tokens", highlight=False)
+        _console.print(Text(f"mixture of experts {block}: {experts} experts, each runs only on its tokens"),
+                       highlight=False)
     if report.parity is not None:
-        _console.print(f"[green]parity passed:[/] {report.parity.describe()}", highlight=False)
+        _console.print(f"[green]parity passed:[/] {escape(report.parity.describe())}", highlight=False)
     for note in report.notes:
-        _console.print(f"[dim]note: {note}[/]", highlight=False)
+        _console.print(f"[dim]note: {escape(note)}[/]", highlight=False)
 
 
 def _batches(text: str) -> list[int]:
@@ -98,10 +104,10 @@ def bench(
         raise BenchError(f"--export {export_file} does not exist")
     result = run_bench(workload, run=run, export=export_file, batches=_batches(batches), threads=threads,
                        repeats=repeats, warmup=warmup, seq_len=seq_len, rounds=rounds, json_path=json_file,
-                       log=lambda msg: _console.print(f"[dim]{msg}[/]", highlight=False))
+                       log=lambda msg: _console.print(Text(msg, style="dim"), highlight=False))
     print_table(result, _console, target)
     if json_file is not None:
-        _console.print(f"written to {json_file}", highlight=False)
+        _console.print(Text(f"written to {json_file}"), highlight=False)
 
 
 def register(app: typer.Typer) -> None:
@@ -112,7 +118,7 @@ def register(app: typer.Typer) -> None:
 
 def main() -> None:
     """Run these two commands alone (until cli.py registers them): python -m wattless.commands_export ..."""
-    from wattless.cli import err_console
+    from wattless.cli import print_error
     from wattless.errors import WattlessError
 
     app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -120,7 +126,7 @@ def main() -> None:
     try:
         app()
     except WattlessError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        print_error(str(exc))
         sys.exit(2)
 
 

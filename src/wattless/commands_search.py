@@ -8,22 +8,30 @@ message and exit code 2; Ctrl-C prints how to continue and exits with 130.
 from __future__ import annotations
 
 import json
+import math
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 __all__ = ["register", "search_command", "report_command", "demo_command"]
 
 _console = Console(width=None if sys.stdout.isatty() else 160)
 
 
+def this_command() -> str:
+    """The command line as the user typed it, quoted so it can be pasted back."""
+    return shlex.join(["wattless", *sys.argv[1:]])
+
+
 def _interrupted(out: Path, command: str) -> None:
-    Console(stderr=True).print(
-        f"[yellow]interrupted:[/] the study is kept (finished trials and the running one's checkpoint); "
-        f"run `{command}` again to continue. Partial report: {out / 'report.html'}", highlight=False, soft_wrap=True)
+    Console(stderr=True).print(Text.assemble(
+        ("interrupted:", "yellow"), " the study is kept (finished trials and the running one's checkpoint); "
+        f"run `{command}` again to continue. Partial report: {out / 'report.html'}"), highlight=False, soft_wrap=True)
     raise typer.Exit(code=130)
 
 
@@ -36,9 +44,9 @@ def _print_result(result, as_json: bool) -> None:
                                      "frontier": [{k: p[k] for k in ("trial", "metric", "energy_j", "recipe")}
                                                   for p in result.frontier]}) + "\n")
         return
-    _console.print(summary_table(result))
-    _console.print(summary_line(result), highlight=False)
-    _console.print(f"results: {result.results_path}\nreport:  {result.report_path}", highlight=False)
+    _console.print(summary_table(result))  # its cells are escaped where they quote user text
+    _console.print(Text(summary_line(result)), highlight=False)
+    _console.print(Text(f"results: {result.results_path}\nreport:  {result.report_path}"), highlight=False)
 
 
 def search_command(
@@ -59,9 +67,15 @@ def search_command(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bars")] = False,
 ) -> None:
     """Search recipes for the accuracy-versus-energy frontier on a target (resumable; shareable storage)."""
+    from wattless.errors import SearchError
     from wattless.recipe import load_recipe
     from wattless.search import Constraints, SearchSpace, search
 
+    if epochs is not None and epochs < 1:
+        raise SearchError(f"--epochs must be >= 1 (epochs of each drawn recipe), got {epochs}")
+    for flag, value in (("--max-size-kib", max_size_kib), ("--max-latency-ms", max_latency_ms), ("--budget-uj", budget_uj)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise SearchError(f"{flag} must be a finite number > 0, got {value}")
     constraints = Constraints(max_size_bytes=max_size_kib * 1024 if max_size_kib else None,
                               max_latency_s=max_latency_ms / 1000 if max_latency_ms else None,
                               energy_budget_uj=budget_uj)
@@ -71,7 +85,7 @@ def search_command(
                         constraints=constraints, space=SearchSpace(epochs=epochs), seeds=seeds, workers=workers,
                         energy_inputs=energy_inputs, progress=not (no_progress or as_json), console=_console)
     except KeyboardInterrupt:
-        _interrupted(out, "the same wattless search command")
+        _interrupted(out, this_command())
     _print_result(result, as_json)
 
 
@@ -81,7 +95,7 @@ def report_command(
     """Rebuild DIR/report.html (and its PNG plots) from DIR/results.json, without re-running anything."""
     from wattless.report import build_report
 
-    _console.print(f"report: {build_report(out)}", highlight=False)
+    _console.print(Text(f"report: {build_report(out)}"), highlight=False)
 
 
 def demo_command(
@@ -89,12 +103,15 @@ def demo_command(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bars")] = False,
 ) -> None:
     """The main job: MNIST-1D on mobile-npu, baselines and a ~10-minute Pareto search, a summary and a report."""
+    from wattless._files import check_output_dir
     from wattless.demo import demo
+    from wattless.errors import SearchError
 
+    check_output_dir(out, "--out", SearchError)
     try:
         result = demo(out, progress=not no_progress, console=_console)
     except KeyboardInterrupt:
-        _interrupted(out, f"wattless demo --out {out}")
+        _interrupted(out, this_command())
     _print_result(result, as_json=False)
 
 

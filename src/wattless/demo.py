@@ -16,7 +16,9 @@ import os
 import time
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from wattless.baselines import describe_ptq
 from wattless.search import PTQ_BASELINES, SearchResult, search
@@ -52,9 +54,9 @@ def _joules(value: float) -> str:
 def summary_table(result: SearchResult) -> Table:
     """fp32, the post-training quantization baselines and the chosen frontier point side by side."""
     t, s = result.target, result.summary
-    table = Table(title=f"{result.study_name}: {result.metric_name} and energy per inference, estimated on {t}")
+    table = Table(title=escape(f"{result.study_name}: {result.metric_name} and energy per inference, estimated on {t}"))
     for col in ("model", result.metric_name, f"energy on {t}", "fp32 / this", "size"):
-        table.add_column(col, justify="right")
+        table.add_column(Text(col), justify="right")
     fp32 = result.baselines.get("fp32")
     base_j = fp32["energy_j"][t] if fp32 else None
     rows = [(name, b) for name, b in result.baselines.items() if name == "fp32" or name in PTQ_BASELINES]
@@ -63,11 +65,11 @@ def summary_table(result: SearchResult) -> Table:
         rows.append((f"wattless (trial {chosen['trial']}{', seed ' + chosen['seed'] if chosen.get('seed') else ''})", chosen))
     for name, row in rows:
         if row.get("metric") is None:
-            table.add_row(name, "-", "-", "-", f"not run: {row.get('error', '')}")
+            table.add_row(Text(name), "-", "-", "-", Text(f"not run: {row.get('error', '')}"))
             continue
         e = row["energy_j"][t]
         name += " (best PTQ)" if name == s.get("best_ptq") else ""
-        table.add_row(name, f"{100 * row['metric']:.1f}%" if result.metric_name == "accuracy" else f"{row['metric']:.4f}",
+        table.add_row(Text(name), f"{100 * row['metric']:.1f}%" if result.metric_name == "accuracy" else f"{row['metric']:.4f}",
                       _joules(e), f"{base_j / e:.1f}x" if base_j else "-", f"{row['size_bytes'] / 1024:.1f} KiB")
     return table
 

@@ -20,6 +20,7 @@ __all__ = [
     "KernelError",
     "ModelInputError",
     "BenchError",
+    "DamagedFileError",
 ]
 
 
@@ -90,3 +91,8 @@ class ModelInputError(InputError):
 
 class BenchError(WattlessError):
     """A benchmark that cannot run as asked (no run for the workload, a runtime that fails to load)."""
+
+
+class DamagedFileError(WattlessError):
+    """A file wattless reads back (a model, a checkpoint, a run marker) that is empty, truncated, of another
+    kind (a pickle where safetensors belongs) or of another architecture."""

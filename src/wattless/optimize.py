@@ -17,14 +17,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from wattless._files import atomic_write, check_output_dir, json_safe
 from wattless.energy import Target, builtin_targets, count_each, estimate, resolve_target
-from wattless.errors import TrainingError
+from wattless.errors import DamagedFileError, TrainingError
 from wattless.recipe import Recipe, apply_recipe, check_recipe, load_recipe, save_recipe
 from wattless.techniques.base import ApplyContext
 from wattless.train import EnergyTerm, TrainSettings, load_state, save_state, train
 from wattless.workloads import Split, Workload, get_workload
 
-__all__ = ["optimize", "baseline_model", "load_run", "eval_samples", "energy_by_target", "cache_dir",
+__all__ = ["optimize", "baseline_model", "load_run", "read_run_marker", "eval_samples", "energy_by_target", "cache_dir",
            "apply_context", "train_batches", "RunMetrics"]
 
 
@@ -64,14 +65,13 @@ def baseline_model(workload: Workload, *, progress: bool = True, cache: Path | N
         try:
             load_state(model, weights)
             return model, json.loads(info.read_text())["metrics"]
-        except (RuntimeError, OSError, ValueError, KeyError):
+        except (DamagedFileError, RuntimeError, OSError, ValueError, KeyError):
             model = workload.build_model()  # a stale or damaged cache entry is retrained, not trusted
     train(model, workload, settings, progress=progress)
     metrics = workload.evaluate(model, workload.test)
     folder.mkdir(parents=True, exist_ok=True)
-    save_state(model, weights.with_suffix(".tmp"))
-    os.replace(weights.with_suffix(".tmp"), weights)
-    info.write_text(json.dumps({"metrics": metrics, "settings": settings.__dict__}))
+    save_state(model, weights)
+    atomic_write(info, json.dumps({"metrics": metrics, "settings": settings.__dict__}))
     return model, metrics
 
 
@@ -112,11 +112,37 @@ def apply_context(workload: Workload, teacher: nn.Module | None = None, steps: i
                         teacher=teacher, total_steps=steps, extras=extras)
 
 
+def read_run_marker(out: Path) -> dict[str, Any]:
+    marker = out / "run.json"
+    try:
+        held = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DamagedFileError(f"{marker} is damaged ({type(exc).__name__}: {exc}), so {out} is not a readable run "
+                               "directory; train into a new --out (or remove this one)") from None
+    if not isinstance(held, dict) or not isinstance(held.get("identity"), dict):
+        raise DamagedFileError(f"{marker} is not a wattless run marker (no identity), so {out} is not a readable run "
+                               "directory; train into a new --out (or remove this one)")
+    return held
+
+
+def _finished(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The metrics of this very run if ``out`` holds it finished (read only), else None."""
+    if not (out / "run.json").is_file() or read_run_marker(out)["identity"] != identity:
+        return None
+    if not all((out / f).is_file() for f in ("metrics.json", "model.safetensors", "recipe.toml")):
+        return None
+    try:
+        metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None  # written again from the final checkpoint
+    return metrics if isinstance(metrics, dict) else None
+
+
 def _claim_run_dir(out: Path, identity: dict[str, Any]) -> None:
     """A run directory holds one run: resuming the same one is fine, another one is refused untouched."""
     marker = out / "run.json"
     if marker.exists():
-        held = json.loads(marker.read_text())
+        held = read_run_marker(out)
         if held.get("identity") != identity:
             raise TrainingError(
                 f"{out} holds another run (workload {held.get('identity', {}).get('workload')!r}, recipe "
@@ -126,7 +152,7 @@ def _claim_run_dir(out: Path, identity: dict[str, Any]) -> None:
     if out.exists() and any(out.iterdir()):
         raise TrainingError(f"{out} exists and is not a wattless run directory; choose an empty or new --out")
     out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"identity": identity}))
+    atomic_write(marker, json.dumps({"identity": identity}))
 
 
 def _ptq_int8(baseline: nn.Module, workload: Workload, samples: list[Any], fp32_metric: float, target: str,
@@ -170,8 +196,14 @@ def optimize(
     wl = get_workload(workload, seed=recipe.train.seed) if isinstance(workload, str) else workload
     objective_target = resolve_target(recipe.objective_target)
     out = Path(out)
+    check_output_dir(out, "run directory", TrainingError)
+    if energy_inputs < 1:
+        raise TrainingError(f"energy_inputs must be >= 1 (test inputs each model's energy is counted on), got {energy_inputs}")
     identity = {"workload": wl.name, "recipe_name": recipe.name,
                 "recipe_sha": hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode()).hexdigest()}
+    done = _finished(out, identity)
+    if done is not None:  # a finished run is left as it is
+        return {**done, "already_done": True}
 
     baseline, base_metrics = baseline_model(wl, progress=progress, cache=cache)
     teacher = _teacher(recipe, baseline)
@@ -190,7 +222,7 @@ def optimize(
     base_energy, base_macs = energy_by_target(baseline, samples)
     energy = _energy_term(recipe, student, baseline, samples, objective_target)
     result = train(student, wl, settings, techniques=techniques, teacher=teacher, distill=recipe.distill,
-                   energy=energy, run_dir=out, progress=progress,
+                   energy=energy, run_dir=out, progress=progress, identity={**identity, "seed": recipe.train.seed},
                    on_epoch=None if on_epoch is None else lambda epoch, record: on_epoch(epoch, record, student))
     for tech in techniques:
         tech.finish(student, context)
@@ -208,7 +240,8 @@ def optimize(
         techniques={t.name: t.report(student) for t in techniques}, training=_training_record(result),
         ptq_int8=_ptq_int8(baseline, wl, samples, base_metrics[wl.metric_name], target) if baselines else None,
     ).to_json()
-    (out / "metrics.json").write_text(json.dumps(report, indent=2))
+    report = json_safe(report)  # a figure that could not be computed is null, never a bare NaN in the JSON
+    atomic_write(out / "metrics.json", json.dumps(report, indent=2, allow_nan=False))
     return report
 
 
@@ -320,7 +353,9 @@ def load_run(run_dir: str | Path, workload: str | Workload | None = None) -> tup
     run_dir = Path(run_dir)
     recipe = load_recipe(run_dir / "recipe.toml")
     if workload is None:
-        workload = json.loads((run_dir / "run.json").read_text())["identity"]["workload"]
+        workload = read_run_marker(run_dir)["identity"].get("workload")
+        if not isinstance(workload, str):
+            raise DamagedFileError(f"{run_dir / 'run.json'} names no workload; pass the run's workload")
     wl = get_workload(workload, seed=recipe.train.seed) if isinstance(workload, str) else workload
     model = wl.build_model()
     context = apply_context(wl)

@@ -27,7 +27,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
-from wattless._files import read_toml, validation_message
+from wattless._files import atomic_write, read_toml, validation_message
 from wattless.errors import RecipeError
 from wattless.techniques.act_sparsity import ActSparsityConfig
 from wattless.techniques.base import ApplyContext, Technique, TechniqueConfig, apply_
@@ -40,17 +40,17 @@ from wattless.techniques.quantize import QuantConfig
 __all__ = ["Recipe", "TrainSection", "Objective", "load_recipe", "parse_recipe", "check_recipe", "apply_recipe",
            "save_recipe"]
 
-_STRICT = ConfigDict(extra="forbid", frozen=True)
+_STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TrainSection(BaseModel):
     model_config = _STRICT
-    epochs: int | None = Field(None, ge=0, description="default: the workload's")
-    lr: float | None = Field(None, gt=0)
-    batch_size: int | None = Field(None, ge=1)
-    seed: int = 0
-    weight_decay: float = Field(0.0, ge=0)
-    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
+    epochs: int | None = Field(None, ge=0, strict=True, description="default: the workload's")
+    lr: float | None = Field(None, gt=0, strict=True)
+    batch_size: int | None = Field(None, ge=1, strict=True)
+    seed: int = Field(0, strict=True)
+    weight_decay: float = Field(0.0, ge=0, strict=True)
+    checkpoint_every: int = Field(1, ge=1, strict=True, description="epochs between checkpoints")
     dropout: bool = Field(True, description="false: dropout off in the student (distilling to a fixed teacher)")
 
 
@@ -58,9 +58,9 @@ class Objective(BaseModel):
     """loss = task + energy_weight * E[x] / E_baseline, or a hard budget kept by a Lagrange multiplier."""
 
     model_config = _STRICT
-    energy_weight: float = Field(0.0, ge=0, description="lambda on the expected energy relative to the baseline")
-    energy_budget_uj: float | None = Field(None, gt=0, description="hard budget in microjoules per inference")
-    dual_lr: float = Field(0.05, gt=0, description="step of the multiplier's dual ascent")
+    energy_weight: float = Field(0.0, ge=0, strict=True, description="lambda on the expected energy relative to the baseline")
+    energy_budget_uj: float | None = Field(None, gt=0, strict=True, description="hard budget in microjoules per inference")
+    dual_lr: float = Field(0.05, gt=0, strict=True, description="step of the multiplier's dual ascent")
     target: str | None = Field(None, description="target the objective prices on (default: the recipe's)")
 
     @model_validator(mode="after")
@@ -118,7 +118,7 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:
-    Path(path).write_text(tomli_w.dumps(recipe.to_dict()), encoding="utf-8")
+    atomic_write(Path(path), tomli_w.dumps(recipe.to_dict()))
 
 
 def apply_recipe(model: nn.Module, recipe: Recipe, context: ApplyContext) -> list[Technique]:

@@ -434,6 +434,34 @@ def build_report(out: str | Path) -> Path:
         raise SearchError(f"{path} does not exist: run `wattless search --out {out}` (or `wattless demo`) first") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise SearchError(f"{path} cannot be read: {exc}") from None
+    try:
+        plots, html = _render(_checked(results, path), out)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as exc:
+        raise SearchError(f"{path} is incomplete or damaged ({type(exc).__name__}: {exc}); nothing was written. "
+                          f"Run `wattless search --out {out} ...` again to rewrite it") from None
+    for name, data in plots.items():  # written only once everything rendered: a failure changes no file
+        _atomic(out / name, data)
+    page = out / REPORT_FILE
+    _atomic(page, html)
+    return page
+
+
+def _checked(results: Any, path: Path) -> dict[str, Any]:
+    """The parts of results.json every report needs, by name."""
+    wanted = {"target": str, "metric_name": str}
+    if not isinstance(results, dict):
+        raise SearchError(f"{path} is not a wattless results object (a JSON object)")
+    missing = [k for k, kind in wanted.items() if not isinstance(results.get(k), kind)]
+    bad = [k for k, kind in (("frontier", list), ("trials", list), ("baselines", dict))
+           if k in results and not isinstance(results[k], kind)]
+    if missing or bad:
+        raise SearchError(f"{path} is incomplete or damaged: " + "; ".join(
+            [f"`{k}` is missing" for k in missing] + [f"`{k}` has the wrong type" for k in bad])
+            + f". Run `wattless search --out {path.parent} ...` again to rewrite it")
+    return results
+
+
+def _render(results: dict[str, Any], out: Path) -> tuple[dict[str, bytes], bytes]:
     results.setdefault("out", str(out))
     plots = {"frontier.png": _frontier_plot(results)}
     chosen = _chosen(results)
@@ -441,11 +469,7 @@ def build_report(out: str | Path) -> Path:
         plots["breakdown.png"] = _breakdown_plot(chosen, results["target"])
         if chosen.get("contributions"):
             plots["contributions.png"] = _contributions_plot(chosen)
-    for name, data in plots.items():
-        _atomic(out / name, data)
-    page = out / REPORT_FILE
-    _atomic(page, _page(results, plots).encode())
-    return page
+    return plots, _page(results, plots).encode()
 
 
 def _atomic(path: Path, data: bytes) -> None:

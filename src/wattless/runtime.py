@@ -36,7 +36,7 @@ import numpy as np
 
 from wattless.errors import ExportError, ModelInputError
 
-__all__ = ["load", "ExportedModel", "RunResult", "PathTaken"]
+__all__ = ["load", "read_metadata", "ExportedModel", "RunResult", "PathTaken", "KERNEL_CHOICES"]
 
 MAX_SENTENCE_TOKENS = 128  # the minilm workload's truncation, so embeddings match its evaluation
 
@@ -84,6 +84,8 @@ def _read_model(path: Path) -> Any:
 
     if not path.is_file():
         raise ExportError(f"{path} does not exist; export a run first: wattless export RUN_DIR --out {path}")
+    if path.stat().st_size == 0:
+        raise ExportError(f"{path} is empty (zero bytes); export the run again: wattless export RUN_DIR --out {path}")
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as exc:
@@ -99,6 +101,13 @@ def _read_meta(model: Any, path: Path) -> dict[str, Any]:
         return {k: json.loads(v) for k, v in meta.items()}
     except json.JSONDecodeError as exc:
         raise ExportError(f"{path} has damaged wattless metadata ({exc}); export it again") from None
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The wattless metadata of an export file, without starting a session; ExportError names what is wrong
+    with a file that is missing, empty, not ONNX or not a wattless export."""
+    path = Path(path)
+    return _read_meta(_read_model(path), path)
 
 
 class ExportedModel:

@@ -6,6 +6,7 @@ The factory takes no arguments and returns the module, or a pair (module, exampl
 from __future__ import annotations
 
 import importlib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ def load_factory(spec: str, builtins: dict[str, tuple[Any, str]] | None = None, 
             module = importlib.import_module(where)
     except SpecError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a user file that calls sys.exit() while importing
         raise SpecError(f"cannot import {where!r} from spec {spec!r}: {type(exc).__name__}: {exc}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
@@ -56,7 +57,7 @@ def load_model(spec: str) -> tuple[nn.Module, Any | None]:
         made = factory()
     except SpecError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a factory that calls sys.exit() is a failed factory, not our exit
         raise SpecError(f"the factory of {spec!r} failed: {type(exc).__name__}: {exc}") from None
     inputs = None
     if isinstance(made, tuple) and len(made) == 2:
@@ -80,5 +81,16 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+MAX_INPUT_ELEMENTS = 2**28  # 1 GiB of fp32: a random example input beyond this is a typo, not a model
+
+
 def example_from_shape(shape: tuple[int, ...]) -> torch.Tensor:
-    return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    numel = math.prod(shape)
+    if numel > MAX_INPUT_ELEMENTS:
+        raise InputError(f"input shape {','.join(map(str, shape))} has {numel:.3g} elements ({4 * numel / 2**30:.3g} GiB "
+                         f"of fp32), more than the {MAX_INPUT_ELEMENTS:.3g} a random example input may have; give a "
+                         "smaller --input-shape")
+    try:
+        return torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    except (RuntimeError, MemoryError) as exc:
+        raise InputError(f"cannot allocate an input of shape {shape}: {exc}") from None

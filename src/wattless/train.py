@@ -7,6 +7,7 @@ interrupted run resumes from the last one; a non-finite loss stops the run and k
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -26,7 +27,7 @@ from torch import nn
 from wattless._progress import progress_bar
 from wattless.energy.soft import ExpectedEnergy, unit_costs
 from wattless.energy.target import Target
-from wattless.errors import TrainingError
+from wattless.errors import DamagedFileError, TrainingError
 from wattless.techniques.base import ApplyContext, Technique, apply_, clear_soft_probs
 from wattless.techniques.distill import DistillConfig, Distillation
 from wattless.workloads import Split, Workload
@@ -103,13 +104,46 @@ def torch_threads(n: int | None) -> Iterator[None]:
 # --- checkpoints ----------------------------------------------------------------------------------------
 
 def save_state(model: nn.Module, path: Path) -> None:
-    """Model tensors as safetensors (shared storage copied, so tied weights save too)."""
+    """Model tensors as safetensors (shared storage copied, so tied weights save too), written atomically."""
+    path = Path(path)
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(tensors, str(path))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; DamagedFileError if it is missing, empty, truncated or not one."""
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise DamagedFileError(f"{path} is missing") from None
+    except Exception as exc:  # safetensors raises its own SafetensorError for every kind of damage
+        size = Path(path).stat().st_size if Path(path).is_file() else 0
+        kind = "empty" if size == 0 else "truncated, damaged or not a safetensors file (a torch .pt is refused)"
+        raise DamagedFileError(f"{path} is {kind}: {exc}") from None
 
 
 def load_state(model: nn.Module, path: Path) -> None:
-    model.load_state_dict(load_file(str(path)), strict=True)
+    """Load ``path``'s tensors into ``model``; DamagedFileError if the file is damaged or of another model."""
+    tensors = read_tensors(path)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0].rstrip(":.")
+        raise DamagedFileError(f"{path} holds the tensors of another architecture ({first}; "
+                               f"{_mismatch(model, tensors)})") from None
+
+
+def _mismatch(model: nn.Module, tensors: dict[str, torch.Tensor]) -> str:
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+    shaped = [k for k in own if k in tensors and tuple(tensors[k].shape) != own[k]]
+    parts = [f"{len(missing)} missing", f"{len(extra)} unexpected", f"{len(shaped)} of another shape"]
+    return ", ".join(parts) + (f", e.g. {(missing + extra + shaped)[0]}" if missing or extra or shaped else "")
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -148,11 +182,41 @@ def _write_checkpoint(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer, 
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _read_checkpoint(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
-    info = json.loads((ckpt / "state.json").read_text())
-    load_state(model, ckpt / "model.safetensors")
-    _load_optimizer(opt, load_file(str(ckpt / "optimizer.safetensors")), info.pop("optimizer"))
+def _read_checkpoint(ckpt: Path, model: nn.Module, opt: torch.optim.Optimizer,
+                     identity: dict[str, Any] | None) -> dict[str, Any]:
+    """The checkpoint's state, loaded into model and opt; refused, untouched, if it belongs to another run."""
+    try:
+        info = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+        if not isinstance(info, dict) or not isinstance(info.get("epoch"), int):
+            raise ValueError("not a wattless checkpoint state")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DamagedFileError(f"checkpoint {ckpt} is damaged ({exc}); remove {ckpt} to train from the start") from None
+    if identity is not None and info.get("identity") != identity:
+        held = info.get("identity") or {}
+        raise TrainingError(
+            f"checkpoint {ckpt} belongs to another run (workload {held.get('workload')!r}, recipe "
+            f"{held.get('recipe_name')!r}, seed {held.get('seed')!r}), not to this one (workload "
+            f"{identity.get('workload')!r}, recipe {identity.get('recipe_name')!r}, seed {identity.get('seed')!r}); "
+            f"nothing was changed: remove {ckpt} to train this run from the start"
+        )
+    scratch = copy.deepcopy(model.state_dict())
+    try:
+        load_state(model, ckpt / "model.safetensors")
+        _load_optimizer(opt, read_tensors(ckpt / "optimizer.safetensors"), info.pop("optimizer"))
+    except DamagedFileError:
+        model.load_state_dict(scratch)
+        raise
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        model.load_state_dict(scratch)
+        raise DamagedFileError(f"checkpoint {ckpt} is damaged ({type(exc).__name__}: {exc}); remove it to train "
+                               "from the start") from None
     return info
+
+
+def _ends_worse(last: float, first: float, epochs: int) -> bool:
+    """Training that ends far above where it started has diverged (an lr far too large), even when gradient
+    clipping kept every loss finite; a compressed model at chance level stays below this bar."""
+    return epochs >= 2 and last > max(10 * first, first + 5.0)
 
 
 # --- the loop ---------------------------------------------------------------------------------------------
@@ -215,15 +279,44 @@ def train(
     run_dir: Path | None = None,
     progress: bool = True,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    identity: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place; checkpoints under run_dir/checkpoint, resumed from if present. Runs on the
-    workload's ``train_threads``."""
+    workload's ``train_threads``. ``identity`` (the run's workload, recipe and seed) is written into each
+    checkpoint, and a checkpoint that carries another is refused rather than resumed."""
     with torch_threads(workload.train_threads):
-        return _train(model, workload, settings, techniques, teacher, distill, energy, run_dir, progress, on_epoch)
+        return _train(model, workload, settings, techniques, teacher, distill, energy, run_dir, progress, on_epoch,
+                      identity)
+
+
+DIVERGED_RATIO = 1e6  # an epoch's mean task loss this many times the first step's: the run has blown up
+
+
+def _diverged(what: str, loss: float, first: float, kept: str) -> TrainingError:
+    return TrainingError(f"the loss diverged: {what} it was {loss:.4g}, against {first:.4g} at the first step; "
+                         f"training stopped and {kept}. Lower the learning rate (train.lr) or the energy weight.")
+
+
+def _resume(ckpt, model, opt, sched, energy, techniques, identity, workload, gen) -> dict[str, Any]:
+    info = _read_checkpoint(ckpt, model, opt, identity)
+    if energy is not None:
+        if info.get("energy_lambda") is not None:
+            energy.lam = info["energy_lambda"]
+        model.train()
+        energy.refresh()  # costs of the loaded masks and bits, as the straight run refreshed them
+    if sched is not None:
+        sched.load_state_dict(info["scheduler"])
+    for tech, state in zip(techniques, info.get("techniques", [])):
+        tech.load_state(state)
+    for _ in range(info["epoch"]):  # replay the data order so a resumed run sees what a straight one would
+        torch.randperm(len(workload.train), generator=gen)
+    if info.get("rng") is not None:
+        torch.set_rng_state(torch.tensor(info["rng"], dtype=torch.uint8))
+    return info
 
 
 def _train(model, workload, settings, techniques, teacher, distill, energy, run_dir, progress,
-           on_epoch) -> TrainResult:
+           on_epoch, identity) -> TrainResult:
     torch.manual_seed(settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -233,29 +326,30 @@ def _train(model, workload, settings, techniques, teacher, distill, energy, run_
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=max(total, 1),
                                                 pct_start=0.1, anneal_strategy="cos") if total else None
     ckpt = run_dir / "checkpoint" if run_dir is not None else None
-    start_epoch, resumed, history = 0, None, []
+    start_epoch, resumed, history, first_loss, task_value = 0, None, [], None, None
     if ckpt is not None and (ckpt / "state.json").exists():
-        info = _read_checkpoint(ckpt, model, opt)
+        info = _resume(ckpt, model, opt, sched, energy, techniques, identity, workload, gen)
         start_epoch, resumed, history = info["epoch"], info["epoch"], info.get("history", [])
-        if energy is not None and info.get("energy_lambda") is not None:
-            energy.lam = info["energy_lambda"]
-        if sched is not None:
-            sched.load_state_dict(info["scheduler"])
-        for _ in range(start_epoch):  # replay the data order so a resumed run sees what a straight one would
-            torch.randperm(len(workload.train), generator=gen)
+        first_loss = info.get("first_loss")
     distiller = _distiller(model, workload, teacher, distill)
-    step, loss_value, saved = start_epoch * steps_per_epoch, float("nan"), start_epoch
-    bar = progress_bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("{task.fields[status]}"), TimeRemainingColumn(), disable=not progress)
+    step, saved = start_epoch * steps_per_epoch, start_epoch
+    loss_value = history[-1]["loss"] if history else float("nan")  # a run resumed at its end reports its last epoch
+    if energy is not None and history and history[-1].get("soft_energy_j") is not None:
+        energy.last_j = history[-1]["soft_energy_j"]
+    bar = progress_bar(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[status]}", markup=False), TimeRemainingColumn(), disable=not progress)
     with bar:
         task_id = bar.add_task(f"training {workload.name}", total=total, completed=step, status="")
         for epoch in range(start_epoch, settings.epochs):
             model.train()
-            running, n = 0.0, 0
+            running, task_running, n = 0.0, 0.0, 0
             for batch in _batches(workload.train, settings.batch_size, gen):
                 for tech in techniques:
                     tech.on_step(step, total)
                 loss, _ = _loss(model, batch, workload, techniques, distiller)
+                task_loss = float(loss.detach())
+                if first_loss is None and math.isfinite(task_loss):
+                    first_loss = task_loss
                 if energy is not None:
                     loss = loss + energy(len(batch))
                 if not torch.isfinite(loss):
@@ -271,12 +365,16 @@ def _train(model, workload, settings, techniques, teacher, distill, energy, run_
                     sched.step()
                 if energy is not None:
                     energy.dual_step()
-                running, n, step = running + float(loss.detach()), n + 1, step + 1
+                running, task_running, n, step = running + float(loss.detach()), task_running + task_loss, n + 1, step + 1
                 status = f"loss {running / n:.4f}"
                 if energy is not None:
                     status += f"  E {energy.last_j * 1e6:.4g} uJ  lambda {energy.lam:.3g}"
                 bar.update(task_id, advance=1, status=status)
-            loss_value = running / max(n, 1)
+            loss_value, task_value = running / max(n, 1), task_running / max(n, 1)
+            if first_loss is not None and task_value > DIVERGED_RATIO * max(first_loss, 1e-3):
+                kept = (f"the last good checkpoint (epoch {saved}) is kept in {ckpt}" if ckpt is not None and saved
+                        else "no checkpoint had been written yet")
+                raise _diverged(f"over epoch {epoch + 1}", task_value, first_loss, kept)
             record = {"epoch": epoch + 1, "loss": loss_value}
             if energy is not None:
                 energy.refresh()
@@ -285,12 +383,17 @@ def _train(model, workload, settings, techniques, teacher, distill, energy, run_
             if ckpt is not None and ((epoch + 1) % settings.checkpoint_every == 0 or epoch + 1 == settings.epochs):
                 _write_checkpoint(ckpt, model, opt, {
                     "epoch": epoch + 1, "history": history, "scheduler": sched.state_dict() if sched else None,
-                    "energy_lambda": energy.lam if energy is not None else None,
+                    "energy_lambda": energy.lam if energy is not None else None, "identity": identity,
+                    "techniques": [t.state() for t in techniques], "first_loss": first_loss,
+                    "rng": torch.get_rng_state().tolist(),
                 })
                 saved = epoch + 1
             if on_epoch is not None:
                 on_epoch(epoch + 1, record)
     clear_soft_probs(model)
+    if first_loss is not None and task_value is not None and _ends_worse(task_value, first_loss, settings.epochs):
+        raise _diverged("over the last epoch", task_value, first_loss,
+                        f"its result is not written (the checkpoint is in {ckpt})" if ckpt else "its result is dropped")
     return TrainResult(
         epochs_run=settings.epochs - start_epoch, steps=step, final_loss=loss_value, resumed_from_epoch=resumed,
         energy_lambda=energy.lam if energy is not None else None,

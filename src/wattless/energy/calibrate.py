@@ -9,6 +9,8 @@ base target's values; coefficients the measurements cannot tell apart are report
 from __future__ import annotations
 
 import datetime as _dt
+import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +18,37 @@ from pathlib import Path
 import numpy as np
 import tomli_w
 
+from wattless._files import atomic_write
 from wattless.energy.count import Counts
 from wattless.energy.estimate import PJ, sample_features
 from wattless.energy.target import Target
 from wattless.errors import CalibrationError
 
-__all__ = ["CalibrationPoint", "CalibrationResult", "calibrate", "counts_features", "write_target"]
+__all__ = ["CalibrationPoint", "CalibrationResult", "calibrate", "check_measurement_rows", "counts_features",
+           "write_target"]
+
+_OPTIONAL_TEXT = ("weight_precision", "act_precision", "name")
+
+
+def check_measurement_rows(rows: object, where: str) -> None:
+    """A measurements file is a list of {spec, measured_j > 0 finite, input_shape?, *_precision?, name?}."""
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise CalibrationError(f"{where}: expected a JSON list of objects with at least `spec` and `measured_j`")
+    for i, row in enumerate(rows):
+        if not isinstance(row.get("spec"), str):
+            raise CalibrationError(f"{where}: record {i}: `spec` must be a model spec (a string)")
+        value = row.get("measured_j")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise CalibrationError(f"{where}: record {i}: `measured_j` must be a finite number of joules > 0, "
+                                   f"got {value!r}")
+        for key in _OPTIONAL_TEXT:
+            if row.get(key) is not None and not isinstance(row[key], str):
+                raise CalibrationError(f"{where}: record {i}: `{key}` must be a string, got {row[key]!r}")
+        shape = row.get("input_shape")
+        if shape is not None and not isinstance(shape, str):
+            if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)):
+                raise CalibrationError(f"{where}: record {i}: `input_shape` must be \"1,3,32,32\" or [1, 3, 32, 32]")
+            row["input_shape"] = ",".join(str(d) for d in shape)
 
 
 @dataclass(frozen=True)
@@ -87,10 +114,13 @@ def calibrate(
     machine: str = "this machine",
 ) -> CalibrationResult:
     """Fit ``fit`` (default: every coefficient the measurements exercise) of ``base`` to ``points``."""
+    if name is not None and not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
+        raise CalibrationError(f"target name {name!r} must be lower-case letters, digits, '.', '_' or '-', "
+                               "starting with a letter or digit (e.g. my-board)")
     if len(points) < 2:
         raise CalibrationError("calibration needs measurements of at least 2 models")
-    if any(p.measured_j <= 0 for p in points):
-        raise CalibrationError("every measured energy must be > 0 joules")
+    if any(not (math.isfinite(p.measured_j) and p.measured_j > 0) for p in points):
+        raise CalibrationError("every measured energy must be a finite number > 0 joules")
     feats = [counts_features(p.counts, base) for p in points]
     exercised = sorted({k for f in feats for k, v in f.items() if v > 0})
     unknown = sorted(set(fit or []) - set(base.coefficients))
@@ -143,7 +173,7 @@ def write_target(target: Target, path: str | Path) -> Path:
     """Write a target file that load_target reads back to an equal Target."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(tomli_w.dumps(target.to_toml_dict()), encoding="utf-8")
-    tmp.replace(path)
+    if path.is_dir():
+        raise CalibrationError(f"{path} is a directory; give the path of the target file to write")
+    atomic_write(path, tomli_w.dumps(target.to_toml_dict()))
     return path

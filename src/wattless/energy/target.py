@@ -10,9 +10,9 @@ from __future__ import annotations
 from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from wattless._files import read_toml, validation_message
 from wattless.energy.precision import Precision, parse_precision
@@ -20,7 +20,9 @@ from wattless.errors import TargetError, UnknownTargetError
 
 __all__ = ["Target", "Source", "load_target", "builtin_targets", "resolve_target", "coefficient_paths"]
 
-_FROZEN = ConfigDict(extra="forbid", frozen=True)
+_FROZEN = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+# every coefficient is a finite number: NaN, inf, true or "1.5" are refused on load, naming the field
+Number = Annotated[float, Strict()]
 WeightPattern = Literal["unstructured", "2:4"]
 
 
@@ -39,9 +41,9 @@ def _check_precisions(table: dict[str, float], field: str) -> dict[str, float]:
 
 class Memory(BaseModel):
     model_config = _FROZEN
-    sram_bytes: float = Field(gt=0, description="on-chip memory; larger working sets spill to DRAM")
-    sram_pj_per_byte: float = Field(ge=0)
-    dram_pj_per_byte: float = Field(ge=0, description="off-chip memory (or the MCU's flash) per byte")
+    sram_bytes: Number = Field(gt=0, description="on-chip memory; larger working sets spill to DRAM")
+    sram_pj_per_byte: Number = Field(ge=0)
+    dram_pj_per_byte: Number = Field(ge=0, description="off-chip memory (or the MCU's flash) per byte")
     weights_in: Literal["auto", "sram", "dram", "stationary"] = Field(
         "auto",
         description="where weights are read from each inference: auto = SRAM while they fit, the rest "
@@ -51,10 +53,10 @@ class Memory(BaseModel):
 
 class Throughput(BaseModel):
     model_config = _FROZEN
-    macs_per_s: dict[str, float]
-    ops_per_s: dict[str, float] | None = None
-    dram_bytes_per_s: float = Field(gt=0)
-    static_w: float = Field(ge=0, description="power drawn while an inference runs, beyond per-op energy")
+    macs_per_s: dict[str, Number]
+    ops_per_s: dict[str, Number] | None = None
+    dram_bytes_per_s: Number = Field(gt=0)
+    static_w: Number = Field(ge=0, description="power drawn while an inference runs, beyond per-op energy")
 
     @field_validator("macs_per_s", "ops_per_s")
     @classmethod
@@ -71,7 +73,7 @@ class Sparsity(BaseModel):
     model_config = _FROZEN
     weight_patterns: tuple[WeightPattern, ...] = ()
     skips_zero_activations: bool = False
-    sparse_index_bits: float = Field(
+    sparse_index_bits: Number = Field(
         0.0, ge=0, description="index bits stored per non-zero weight in the target's sparse format"
     )
 
@@ -80,9 +82,9 @@ class Events(BaseModel):
     """Event-driven (neuromorphic) pricing: work is synaptic events, not MACs."""
 
     model_config = _FROZEN
-    synop_pj: float = Field(ge=0, description="energy per synaptic event (a spike reaching one synapse)")
-    neuron_update_pj: float = Field(0.0, ge=0, description="energy per neuron (output element) update")
-    synops_per_s: float = Field(gt=0)
+    synop_pj: Number = Field(ge=0, description="energy per synaptic event (a spike reaching one synapse)")
+    neuron_update_pj: Number = Field(0.0, ge=0, description="energy per neuron (output element) update")
+    synops_per_s: Number = Field(gt=0)
 
 
 class Source(BaseModel):
@@ -102,8 +104,8 @@ class Target(BaseModel):
     kind: Literal["cpu", "gpu", "npu", "mcu", "analog", "neuromorphic", "other"]
     description: str
     version: str = "1"
-    mac_pj: dict[str, float]
-    op_pj: dict[str, float]
+    mac_pj: dict[str, Number]
+    op_pj: dict[str, Number]
     memory: Memory
     throughput: Throughput
     sparsity: Sparsity = Sparsity()

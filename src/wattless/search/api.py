@@ -3,6 +3,7 @@ steps of one invocation (check, open the study, spawn workers, run, publish resu
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -13,6 +14,7 @@ from typing import Any
 
 import optuna
 
+from wattless._files import check_output_dir
 from wattless.energy import Target, resolve_target
 from wattless.errors import SearchError
 from wattless.optimize import baseline_model
@@ -66,6 +68,11 @@ class SearchOptions:
         if (trials is not None and trials < 1) or (minutes is not None and not minutes > 0) or workers < 1:
             raise SearchError(f"--trials and --workers must be >= 1 and --minutes > 0 (got trials={trials}, "
                               f"minutes={minutes}, workers={workers})")
+        if minutes is not None and not math.isfinite(minutes):
+            raise SearchError(f"--minutes must be a finite number of minutes, got {minutes}")
+        if self.energy_inputs < 1:
+            raise SearchError(f"--energy-inputs must be >= 1 (test inputs each model's energy is counted on), got "
+                              f"{self.energy_inputs}")
         if workers > 1 and (self.sampler is not None or self.pruner is not None):
             given = " and ".join(n for n in ("sampler", "pruner") if getattr(self, n) is not None)
             raise SearchError(
@@ -133,6 +140,7 @@ def search(
 
 def run_search(workload: str | Workload, target: str, out: Path, options: SearchOptions) -> SearchResult:
     """`search` with its options grouped."""
+    check_output_dir(out, "search folder", SearchError)
     where = _where(workload, target, out, options)
     deadline, threads = options.deadline, options.threads
     if options.storage is None:

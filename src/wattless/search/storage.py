@@ -73,10 +73,25 @@ def _connect(url: str, engine: dict[str, Any]) -> optuna.storages.RDBStorage:
             time.sleep(0.5 + attempt)
 
 
+def with_driver(url: str) -> str:
+    """``postgresql://`` (the form the docs give) with the driver that is installed: SQLAlchemy 2.1 reads the
+    bare form as psycopg 3, and many machines have psycopg2 only."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return url
+    for module, dialect in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return f"{dialect}://{rest}"
+    return url  # neither: the error below says which driver to install
+
+
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """An RDB storage with heartbeats (a worker that dies mid-trial has the trial retried elsewhere)."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    url = with_driver(url)
     engine = _engine_options(url)
     try:
         return _connect(url, engine)

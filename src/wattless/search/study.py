@@ -43,7 +43,12 @@ def check_out(out: Path, identity: dict[str, str]) -> None:
     """An output folder holds one study; reading only, so a refused command changes nothing."""
     claim = out / CLAIM_FILE
     if claim.exists():
-        held = json.loads(claim.read_text())
+        try:
+            held = json.loads(claim.read_text(encoding="utf-8"))
+            held.get("study_name")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+            raise SearchError(f"{claim} is damaged ({type(exc).__name__}); {out} cannot be trusted as a search "
+                              "folder: choose another --out or remove it") from None
         if {k: held.get(k) for k in identity} != identity:
             raise SearchError(
                 f"{out} holds the search of study {held.get('study_name')!r} (workload "

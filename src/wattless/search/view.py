@@ -21,8 +21,8 @@ class View:
         from wattless._progress import progress_bar
 
         self.total = total
-        self.bar = progress_bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[status]}"), TimeElapsedColumn(), disable=not enabled,
+        self.bar = progress_bar(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[status]}", markup=False), TimeElapsedColumn(), disable=not enabled,
                                 console=console)
         self._search = self._trial = None
 

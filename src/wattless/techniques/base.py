@@ -28,11 +28,12 @@ The energy core never imports a technique; techniques tell it what they did thro
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import InitVar, dataclass, fields
-from typing import Any, ClassVar, Literal
+from contextlib import contextmanager
+from dataclasses import InitVar, dataclass, field, fields
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
 
 from wattless.energy.soft import full_path
@@ -43,11 +44,31 @@ __all__ = ["TechniqueConfig", "Technique", "ApplyContext", "register", "apply_",
 Step = Literal["prepare", "convert"]
 
 
-class TechniqueConfig(BaseModel):
-    """Base of every technique's config: frozen, unknown keys rejected by name."""
+def numbers_are_numbers(cls: type[BaseModel], data: Any) -> Any:
+    """A `true` or `false` given for a numeric field is refused (pydantic would read it as 1 or 0)."""
+    if isinstance(data, dict):
+        for name, field in cls.model_fields.items():
+            value = data.get(field.alias or name, data.get(name))
+            if isinstance(value, bool) and _numeric(field.annotation):
+                raise ValueError(f"`{name}` takes a number, not {str(value).lower()}")
+    return data
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+def _numeric(annotation: Any) -> bool:
+    kinds = get_args(annotation) or (annotation,)
+    return bool not in kinds and any(k in (int, float) for k in kinds)
+
+
+class TechniqueConfig(BaseModel):
+    """Base of every technique's config: frozen, unknown keys and non-finite numbers rejected by name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     kind: ClassVar[str] = "technique"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers(cls, data: Any) -> Any:
+        return numbers_are_numbers(cls, data)
 
 
 @dataclass
@@ -92,6 +113,14 @@ class Technique:
     def report(self, model: nn.Module) -> dict[str, Any]:
         """What the technique did, in numbers, for metrics.json."""
         return {}
+
+    def state(self) -> dict[str, Any]:
+        """What the technique keeps outside the model's tensors (a schedule's position), as JSON, for the
+        checkpoint: a resumed run must continue exactly as an uninterrupted one."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``state()`` returned."""
 
 
 HANDLERS: dict[type[TechniqueConfig], Callable[[nn.Module, Any, ApplyContext], Technique]] = {}

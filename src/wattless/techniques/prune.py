@@ -29,7 +29,7 @@ from torch import fx, nn
 from torch.nn.utils import parametrize
 
 from wattless.errors import WattlessError
-from wattless.techniques.base import ApplyContext, Technique, TechniqueConfig, register
+from wattless.techniques.base import ApplyContext, Technique, TechniqueConfig, numbers_are_numbers, register
 
 __all__ = [
     "PruneConfig", "PruneSchedule", "PruneError", "Mask", "Pruning", "check_prunable", "cubic_sparsity",
@@ -47,10 +47,12 @@ class PruneError(WattlessError, ValueError):
 class PruneSchedule(BaseModel):
     """When sparsity ramps: from 0 at ``start`` to the final value at ``end`` (fractions of training)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     start: float = Field(0.0, ge=0.0, le=1.0)
     end: float = Field(0.5, ge=0.0, le=1.0)
     every: int = Field(1, ge=1)  # update masks every k steps
+
+    _numbers = model_validator(mode="before")(classmethod(numbers_are_numbers))
 
     @model_validator(mode="after")
     def _ordered(self) -> "PruneSchedule":
@@ -637,6 +639,12 @@ class Pruning(Technique):
     def finish(self, model: nn.Module, context: ApplyContext) -> None:
         self.update(self.config.final_sparsity)
         self._final = True
+
+    def state(self) -> dict[str, Any]:
+        return {"current_sparsity": self.current_sparsity}  # the masks themselves are buffers in the model
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.current_sparsity = float(state.get("current_sparsity", 0.0))
 
     @torch.no_grad()
     def update(self, sparsity: float) -> None:

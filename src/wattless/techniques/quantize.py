@@ -39,7 +39,7 @@ from torch.nn.utils import parametrize
 
 from wattless.energy.count import run_model, uncounted
 from wattless.errors import InputError, WattlessError
-from wattless.techniques.base import ApplyContext, Technique, TechniqueConfig, register
+from wattless.techniques.base import ApplyContext, Technique, TechniqueConfig, numbers_are_numbers, register
 
 __all__ = [
     "LayerBits", "QuantConfig", "Quantization", "QuantizeError", "QuantLinear", "QuantConv1d", "QuantConv2d",
@@ -54,9 +54,11 @@ class QuantizeError(WattlessError):
 class LayerBits(BaseModel):
     """Bits for the layers an override glob matches; only the fields given override the config's."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     weight_bits: int = Field(8, ge=2, le=8)
     act_bits: int | None = Field(8, ge=2, le=8)  # None: this layer's input stays float
+
+    _numbers = model_validator(mode="before")(classmethod(numbers_are_numbers))
 
     @model_serializer(mode="wrap")
     def _given_only(self, handler) -> dict[str, Any]:
@@ -437,6 +439,9 @@ def _quantize_layers(model: nn.Module, config: QuantConfig, example_input: Any,
     _check_globs(list(config.overrides), names, "overrides")
     _check_globs(config.smooth_skip, names, "smooth_skip")
     left_float = [n for n in names if any(fnmatchcase(n, g) for g in config.skip)]
+    if names and len(left_float) == len(names):
+        raise QuantizeError(f"quantize: skip={config.skip} leaves every layer in float, so nothing is quantized; "
+                            "narrow skip or drop the [quantize] section")
     factors: dict[str, torch.Tensor] = {}
     if config.smooth is not None:
         smoothed = {n: m for n, m in layers.items() if isinstance(m, nn.Linear) and n not in left_float

@@ -41,7 +41,7 @@ def _import_source(source: str) -> ModuleType:
         return _import_file(source) if _is_file(source) else importlib.import_module(source)
     except WorkloadError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a file that calls sys.exit() while importing
         raise WorkloadError(
             f"importing workload source {source!r} failed with {type(exc).__name__}: {exc}; "
             f"fix the error there, or check the spec is {SPEC_FORMS}"
@@ -68,7 +68,7 @@ def load_workload_spec(spec: str) -> Workload:
         workload = factory()
     except WorkloadError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a factory that calls sys.exit() failed; it does not end wattless
         raise WorkloadError(
             f"workload factory {spec!r} raised {type(exc).__name__}: {exc}; it must build a Workload "
             "with no arguments"
