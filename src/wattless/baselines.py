@@ -149,10 +149,14 @@ class Calibration:
     per_channel: bool = True
 
     def batches(self, workload: Any) -> list[Any]:
+        """Prepared once and then cut, so token batches share one padded length: ONNX Runtime's Percentile and
+        Entropy calibrators stack every batch's activations and refuse ragged ones."""
         split = getattr(workload, self.split)
         n = min(self.inputs, len(split))
-        return [workload.prepare_inputs(split.take(slice(i, min(i + self.batch, n))).inputs)
-                for i in range(0, n, self.batch)]
+        prepared = workload.prepare_inputs(split.take(slice(0, n)).inputs)
+        cut = (lambda i: {k: v[i : i + self.batch] for k, v in prepared.items()}) if isinstance(prepared, Mapping) \
+            else (lambda i: prepared[i : i + self.batch])
+        return [cut(i) for i in range(0, n, self.batch)]
 
     def describe(self) -> str:
         return (f"{', '.join(self.methods)} calibration tried on {self.inputs} {self.split} inputs, "
