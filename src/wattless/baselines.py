@@ -261,15 +261,22 @@ def _ort_static(make: _Maker) -> Built:
     cal = get("ort-static-int8").calibration
     batches = cal.batches(make.workload)
     best: tuple[float, str, Path] | None = None
+    failed = []
     for method in cal.methods:
-        path = ort_quantize_static(make.fp32_onnx(), make.folder / f"static-int8-{method.lower()}.onnx", batches,
-                                   method=method, per_channel=cal.per_channel)
+        try:
+            path = ort_quantize_static(make.fp32_onnx(), make.folder / f"static-int8-{method.lower()}.onnx", batches,
+                                       method=method, per_channel=cal.per_channel)
+        except (ValueError, RuntimeError) as exc:  # e.g. Entropy on a tensor with no spread: "Too many bins"
+            failed.append(f"{method} failed ({type(exc).__name__}: {exc})")
+            continue
         score = make.metric(OrtModule(path, threads=1), cal.select_on)[make.workload.metric_name]
         if best is None or score > best[0]:
             best = (score, method, path)
+    if best is None:
+        raise ValueError("every calibration method failed: " + "; ".join(failed))
     chosen = make.folder / "static-int8.onnx"
     shutil.copyfile(best[2], chosen)
-    return Built(OrtModule(chosen, threads=1), chosen, best[1])
+    return Built(OrtModule(chosen, threads=1), chosen, best[1] + (f" ({'; '.join(failed)})" if failed else ""))
 
 
 _INT8_MACS = PricedAs(_MAC_LAYERS, "int8", "int8")
