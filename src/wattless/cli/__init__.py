@@ -15,9 +15,9 @@ import sys
 import typer
 
 from wattless.cli import energy, export, search, train
-from wattless.cli.errors import print_error, run
+from wattless.cli.errors import run
 
-__all__ = ["app", "main", "print_error"]
+__all__ = ["app", "main"]
 
 app = typer.Typer(
     name="wattless",
