@@ -101,7 +101,7 @@ def test_bad_bench_requests_are_refused(run_dir, kwargs, message):
 
 
 def test_bench_command_line_errors_exit_2(capsys, monkeypatch):
-    from wattless.commands_export import main
+    from wattless.cli import main
 
     monkeypatch.setattr(sys, "argv", ["wattless", "bench", "--workload", "mnist1d", "--batches", "1,x"])
     with pytest.raises(SystemExit) as done:

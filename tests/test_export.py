@@ -274,7 +274,7 @@ def run_dir(tmp_path_factory):
 
 
 def test_export_run_and_the_command_line(run_dir, tmp_path, capsys, monkeypatch):
-    from wattless.commands_export import main
+    from wattless.cli import main
 
     report = export_run(run_dir, tmp_path / "a.onnx", workload=SPEC)
     assert report.parity.passed and report.removed
@@ -292,7 +292,7 @@ def test_export_run_and_the_command_line(run_dir, tmp_path, capsys, monkeypatch)
     (["export", "{empty}", "--out", "x.onnx"], "not a finished `wattless optimize` run"),
 ])
 def test_bad_export_input_exits_2_with_one_line(args, message, tmp_path, capsys, monkeypatch):
-    from wattless.commands_export import main
+    from wattless.cli import main
 
     args = [a.replace("{empty}", str(tmp_path)) for a in args]
     monkeypatch.setattr(sys, "argv", ["wattless", *args])

@@ -13,7 +13,7 @@ import pytest
 import typer
 
 from wattless import cli
-from wattless.commands_search import register
+from wattless.cli.search import register
 from wattless.energy import builtin_targets
 from wattless.report import PLOTS, build_report, recipe_summary
 

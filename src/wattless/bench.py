@@ -623,11 +623,11 @@ def guard_lines(result: dict[str, Any]) -> list[str]:
 
 def print_table(result: dict[str, Any], console: Any = None, target: str = "mobile-npu") -> None:
     """The result as a table on the console, with the guard's verdict under it."""
-    from rich.console import Console
+    from rich import get_console
     from rich.markup import escape
     from rich.table import Table
 
-    console = console or Console()
+    console = console or get_console()
     m = result["machine"]
     table = Table(title=f"{escape(result['workload'])}: runtimes side by side, {result['threads']} thread(s), "
                         f"{result['repeats']} timed calls" + (f", {result['seq_len']} tokens" if result["seq_len"] else ""),

@@ -22,6 +22,7 @@ from rich.text import Text
 
 from wattless.baselines import describe_ptq
 from wattless.search import PTQ_BASELINES, SearchResult, search
+from wattless.units import format_joules, format_kib
 
 __all__ = ["demo", "summary_table", "DEMO_WORKLOAD", "DEMO_TARGET", "DEMO_SECONDS", "DEMO_TRIALS"]
 
@@ -44,13 +45,6 @@ def demo(out: str | Path = "wattless-demo", *, seconds: float = DEMO_SECONDS, tr
                   progress=progress, console=console)
 
 
-def _joules(value: float) -> str:
-    for factor, prefix in ((1, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n")):
-        if abs(value) >= factor:
-            return f"{value / factor:.3g} {prefix}J"
-    return f"{value / 1e-12:.3g} pJ"
-
-
 def summary_table(result: SearchResult) -> Table:
     """fp32, the post-training quantization baselines and the chosen frontier point side by side."""
     t, s = result.target, result.summary
@@ -70,7 +64,7 @@ def summary_table(result: SearchResult) -> Table:
         e = row["energy_j"][t]
         name += " (best PTQ)" if name == s.get("best_ptq") else ""
         table.add_row(Text(name), f"{100 * row['metric']:.1f}%" if result.metric_name == "accuracy" else f"{row['metric']:.4f}",
-                      _joules(e), f"{base_j / e:.1f}x" if base_j else "-", f"{row['size_bytes'] / 1024:.1f} KiB")
+                      format_joules(e), f"{base_j / e:.1f}x" if base_j else "-", format_kib(row["size_bytes"]))
     return table
 
 

@@ -21,36 +21,13 @@ from typing import Any
 
 from wattless.baselines import describe_ptq, ptq_summary
 from wattless.errors import SearchError
+from wattless.units import format_bytes, format_joules, format_seconds
 
 __all__ = ["build_report", "format_joules", "recipe_summary", "REPORT_FILE", "PLOTS"]
 
 REPORT_FILE = "report.html"
 PLOTS = ("frontier.png", "breakdown.png", "contributions.png")
 _PTQ_COLORS = {"torch-dynamic-int8": "#d95f02", "ort-dynamic-int8": "#7570b3", "ort-static-int8": "#e7298a"}
-
-
-def format_joules(value: float | None) -> str:
-    if value is None:
-        return "-"
-    for factor, prefix in ((1, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n")):
-        if abs(value) >= factor:
-            return f"{value / factor:.3g} {prefix}J"
-    return f"{value / 1e-12:.3g} pJ"
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    for factor, prefix in ((1, ""), (1e-3, "m"), (1e-6, "µ")):
-        if abs(value) >= factor:
-            return f"{value / factor:.3g} {prefix}s"
-    return f"{value / 1e-9:.3g} ns"
-
-
-def _bytes(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value / 1024:.1f} KiB" if value >= 1024 else f"{value:.0f} B"
 
 
 def _metric(value: float | None, name: str) -> str:
@@ -293,7 +270,7 @@ def _baselines_html(results: dict[str, Any]) -> str:
             continue
         e = b["energy_j"][t]
         rows.append([_e(bname), _metric(b["metric"], name), *[format_joules(b["energy_j"].get(k)) for k in targets],
-                     f"{fp32 / e:.1f}x" if fp32 else "-", _bytes(b.get("size_bytes")), _seconds(b.get("latency_s", {}).get(t)),
+                     f"{fp32 / e:.1f}x" if fp32 else "-", format_bytes(b.get("size_bytes")), format_seconds(b.get("latency_s", {}).get(t)),
                      _e(b.get("note", ""))])
     head = ["baseline", name, *[f"energy on {_e(k)}" for k in targets], "fp32 / this", "size", f"latency on {_e(t)}", "how it is priced"]
     return _table(head, rows)
@@ -309,7 +286,7 @@ def _frontier_html(results: dict[str, Any]) -> str:
         recipe = tomli_w.dumps(p["recipe"])
         seed = f" (seed {p['seed']})" if p.get("seed") else ""
         rows.append([f"#{p['trial']}{_e(seed)}", _metric(p["metric"], name), *[format_joules(p["energy_j"].get(k)) for k in targets],
-                     _bytes(p.get("size_bytes")), _seconds(p.get("latency_s", {}).get(t)),
+                     format_bytes(p.get("size_bytes")), format_seconds(p.get("latency_s", {}).get(t)),
                      f"<details><summary>{_e(recipe_summary(p['recipe']))}</summary><pre>{_e(recipe)}</pre></details>"])
         classes.append("chosen" if chosen is not None and p["trial"] == chosen["trial"] else "")
     if not rows:
@@ -334,7 +311,7 @@ def _breakdown_html(point: dict[str, Any], results: dict[str, Any]) -> str:
         b = _unit_match(u["name"], base)
         rows.append([_e(u["name"]), _e(u["type"]), f"{u['macs']:.3g}", f"{u['effective_macs']:.3g}", format_joules(u["energy_j"]),
                      f"{100 * u['energy_j'] / total:.1f}%", format_joules(u["compute_j"]), format_joules(u["memory_j"]),
-                     format_joules(u["static_j"]), _seconds(u["latency_s"]), format_joules(b["energy_j"]) if b else "-",
+                     format_joules(u["static_j"]), format_seconds(u["latency_s"]), format_joules(b["energy_j"]) if b else "-",
                      f"{b['energy_j'] / u['energy_j']:.1f}x" if b and u["energy_j"] else "-"])
     head = ["unit", "type", "MACs", "MACs run", "energy", "share", "compute", "memory", "static", "latency",
             "fp32 unit", "fp32 / this"]

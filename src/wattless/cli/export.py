@@ -1,27 +1,19 @@
-"""`wattless export` and `wattless bench`: parse, call wattless.export / wattless.bench, print.
-
-cli.py adds them with ``register(app)``. Errors the user can fix are WattlessError subclasses; the
-command line's main() prints them in one line and exits with code 2.
-"""
+"""`wattless export` and `wattless bench`: over wattless.export and wattless.bench."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from wattless.cli.console import console, print_json
 from wattless.errors import BenchError, ExportError
 
-__all__ = ["export", "bench", "register", "main"]
-
-_console = Console(width=None if sys.stdout.isatty() else 160)
+__all__ = ["register", "export", "bench"]
 
 
 def export(
@@ -37,8 +29,18 @@ def export(
     as_json: Annotated[bool, typer.Option("--json", help="print the export report as one JSON object")] = False,
 ) -> None:
     """Export an optimized run to ONNX with integer kernels, checked against the PyTorch model."""
-    from wattless._files import check_output_file
     from wattless.export import export_run
+
+    _check_export(run_dir, out, int8_kernel)
+    report = export_run(run_dir, out, workload=workload, requantize=requantize, int8_kernel=int8_kernel)
+    if as_json:
+        print_json(report.to_json(), strict=False)
+    else:
+        _print_export(report)
+
+
+def _check_export(run_dir: Path, out: Path, int8_kernel: str) -> None:
+    from wattless._files import check_output_file
     from wattless.kernels import INT8_KERNELS
 
     if int8_kernel not in INT8_KERNELS:
@@ -46,36 +48,29 @@ def export(
     if not run_dir.is_dir():
         raise ExportError(f"run directory {run_dir} does not exist; run `wattless optimize ... --out {run_dir}` first")
     check_output_file(out, "--out", ExportError)
-    report = export_run(run_dir, out, workload=workload, requantize=requantize, int8_kernel=int8_kernel)
-    if as_json:
-        sys.stdout.write(json.dumps(report.to_json()) + "\n")
-        return
+
+
+def _print_export(report) -> None:
+    """Where each layer runs, then what the export removed, skips or routes, and the parity check."""
     table = Table(title=escape(f"{report.workload} exported to {report.path} ({report.size_bytes / 1e6:.2f} MB, "
                                f"{report.kind})"))
     table.add_column("layer")
     table.add_column("runs on")
     for layer, kernel in report.layers.items():
         table.add_row(Text(layer), Text(kernel))
-    _console.print(table)
-    for group, units in report.removed.items():
-        _console.print(Text(f"removed: {group} keeps {units['kept']} of {units['total']} units"), highlight=False)
+    console.print(table)
+    lines = [f"removed: {group} keeps {units['kept']} of {units['total']} units" for group, units in report.removed.items()]
     if report.exits:
-        _console.print(Text(f"early exits after {', '.join(e['after'] for e in report.exits)} (ONNX If: later "
-                            "blocks run only on the rows still going)"), highlight=False)
-    for block, experts in report.routes.items():
-        _console.print(Text(f"mixture of experts {block}: {experts} experts, each runs only on its tokens"),
-                       highlight=False)
+        lines.append(f"early exits after {', '.join(e['after'] for e in report.exits)} (ONNX If: later "
+                     "blocks run only on the rows still going)")
+    lines += [f"mixture of experts {block}: {experts} experts, each runs only on its tokens"
+              for block, experts in report.routes.items()]
+    for line in lines:
+        console.print(Text(line), highlight=False)
     if report.parity is not None:
-        _console.print(f"[green]parity passed:[/] {escape(report.parity.describe())}", highlight=False)
+        console.print(f"[green]parity passed:[/] {escape(report.parity.describe())}", highlight=False)
     for note in report.notes:
-        _console.print(f"[dim]note: {escape(note)}[/]", highlight=False)
-
-
-def _batches(text: str) -> list[int]:
-    try:
-        return [int(b) for b in text.split(",") if b.strip()]
-    except ValueError:
-        raise BenchError(f"--batches takes comma-separated integers such as 1,32; got {text!r}") from None
+        console.print(f"[dim]note: {escape(note)}[/]", highlight=False)
 
 
 def bench(
@@ -94,6 +89,17 @@ def bench(
 ) -> None:
     """Time the export beside PyTorch and ONNX Runtime (fp32, post-training int8) on this machine."""
     from wattless.bench import bench as run_bench, print_table
+
+    _check_bench(target, run, export_file)
+    result = run_bench(workload, run=run, export=export_file, batches=_batches(batches), threads=threads,
+                       repeats=repeats, warmup=warmup, seq_len=seq_len, rounds=rounds, json_path=json_file,
+                       log=lambda msg: console.print(Text(msg, style="dim"), highlight=False))
+    print_table(result, console, target)
+    if json_file is not None:
+        console.print(Text(f"written to {json_file}"), highlight=False)
+
+
+def _check_bench(target: str, run: Path | None, export_file: Path | None) -> None:
     from wattless.energy import builtin_targets
 
     if target not in builtin_targets():
@@ -102,33 +108,16 @@ def bench(
         raise BenchError(f"--run {run} does not exist")
     if export_file is not None and not export_file.is_file():
         raise BenchError(f"--export {export_file} does not exist")
-    result = run_bench(workload, run=run, export=export_file, batches=_batches(batches), threads=threads,
-                       repeats=repeats, warmup=warmup, seq_len=seq_len, rounds=rounds, json_path=json_file,
-                       log=lambda msg: _console.print(Text(msg, style="dim"), highlight=False))
-    print_table(result, _console, target)
-    if json_file is not None:
-        _console.print(Text(f"written to {json_file}"), highlight=False)
+
+
+def _batches(text: str) -> list[int]:
+    try:
+        return [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise BenchError(f"--batches takes comma-separated integers such as 1,32; got {text!r}") from None
 
 
 def register(app: typer.Typer) -> None:
     """Add `export` and `bench` to the wattless command line."""
     app.command(name="export")(export)
     app.command(name="bench")(bench)
-
-
-def main() -> None:
-    """Run these two commands alone (until cli.py registers them): python -m wattless.commands_export ..."""
-    from wattless.cli import print_error
-    from wattless.errors import WattlessError
-
-    app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-    register(app)
-    try:
-        app()
-    except WattlessError as exc:
-        print_error(str(exc))
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

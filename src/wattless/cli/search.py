@@ -1,13 +1,11 @@
-"""The command line of the search: `wattless search`, `wattless report DIR`, `wattless demo`.
+"""`wattless search`, `wattless report DIR`, `wattless demo`: over wattless.search, .report and .demo.
 
-Thin shells over wattless.search, wattless.report and wattless.demo: parse, call, print. cli.py adds
-them with ``register(app)``. Bad input raises a WattlessError, which the CLI's main turns into a one-line
-message and exit code 2; Ctrl-C prints how to continue and exits with 130.
+Bad input raises a WattlessError (one line and exit code 2 from main); Ctrl-C prints how to continue and
+exits with 130.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
 import sys
@@ -15,38 +13,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
+from wattless.cli.console import console, err_console, print_json
+
 __all__ = ["register", "search_command", "report_command", "demo_command"]
-
-_console = Console(width=None if sys.stdout.isatty() else 160)
-
-
-def this_command() -> str:
-    """The command line as the user typed it, quoted so it can be pasted back."""
-    return shlex.join(["wattless", *sys.argv[1:]])
-
-
-def _interrupted(out: Path, command: str) -> None:
-    Console(stderr=True).print(Text.assemble(
-        ("interrupted:", "yellow"), " the study is kept (finished trials and the running one's checkpoint); "
-        f"run `{command}` again to continue. Partial report: {out / 'report.html'}"), highlight=False, soft_wrap=True)
-    raise typer.Exit(code=130)
-
-
-def _print_result(result, as_json: bool) -> None:
-    from wattless.demo import summary_line, summary_table
-
-    if as_json:
-        sys.stdout.write(json.dumps({"results": str(result.results_path), "report": str(result.report_path),
-                                     "trial_counts": result.trial_counts, "summary": result.summary,
-                                     "frontier": [{k: p[k] for k in ("trial", "metric", "energy_j", "recipe")}
-                                                  for p in result.frontier]}) + "\n")
-        return
-    _console.print(summary_table(result))  # its cells are escaped where they quote user text
-    _console.print(Text(summary_line(result)), highlight=False)
-    _console.print(Text(f"results: {result.results_path}\nreport:  {result.report_path}"), highlight=False)
 
 
 def search_command(
@@ -67,26 +38,40 @@ def search_command(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bars")] = False,
 ) -> None:
     """Search recipes for the accuracy-versus-energy frontier on a target (resumable; shareable storage)."""
-    from wattless.errors import SearchError
     from wattless.recipe import load_recipe
-    from wattless.search import Constraints, SearchSpace, search
+    from wattless.search import search
 
-    if epochs is not None and epochs < 1:
-        raise SearchError(f"--epochs must be >= 1 (epochs of each drawn recipe), got {epochs}")
-    for flag, value in (("--max-size-kib", max_size_kib), ("--max-latency-ms", max_latency_ms), ("--budget-uj", budget_uj)):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise SearchError(f"{flag} must be a finite number > 0, got {value}")
-    constraints = Constraints(max_size_bytes=max_size_kib * 1024 if max_size_kib else None,
-                              max_latency_s=max_latency_ms / 1000 if max_latency_ms else None,
-                              energy_budget_uj=budget_uj)
+    space = _space(epochs)
+    constraints = _constraints(max_size_kib, max_latency_ms, budget_uj)
     seeds = [load_recipe(p) for p in seed_recipe] if seed_recipe else None
     try:
         result = search(workload, target, out=out, trials=trials, minutes=minutes, storage=storage,
-                        constraints=constraints, space=SearchSpace(epochs=epochs), seeds=seeds, workers=workers,
-                        energy_inputs=energy_inputs, progress=not (no_progress or as_json), console=_console)
+                        constraints=constraints, space=space, seeds=seeds, workers=workers,
+                        energy_inputs=energy_inputs, progress=not (no_progress or as_json), console=console)
     except KeyboardInterrupt:
-        _interrupted(out, this_command())
+        _interrupted(out)
     _print_result(result, as_json)
+
+
+def _space(epochs: int | None):
+    from wattless.errors import SearchError
+    from wattless.search import SearchSpace
+
+    if epochs is not None and epochs < 1:
+        raise SearchError(f"--epochs must be >= 1 (epochs of each drawn recipe), got {epochs}")
+    return SearchSpace(epochs=epochs)
+
+
+def _constraints(max_size_kib: float | None, max_latency_ms: float | None, budget_uj: float | None):
+    from wattless.errors import SearchError
+    from wattless.search import Constraints
+
+    for flag, value in (("--max-size-kib", max_size_kib), ("--max-latency-ms", max_latency_ms), ("--budget-uj", budget_uj)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise SearchError(f"{flag} must be a finite number > 0, got {value}")
+    return Constraints(max_size_bytes=max_size_kib * 1024 if max_size_kib else None,
+                       max_latency_s=max_latency_ms / 1000 if max_latency_ms else None,
+                       energy_budget_uj=budget_uj)
 
 
 def report_command(
@@ -95,7 +80,7 @@ def report_command(
     """Rebuild DIR/report.html (and its PNG plots) from DIR/results.json, without re-running anything."""
     from wattless.report import build_report
 
-    _console.print(Text(f"report: {build_report(out)}"), highlight=False)
+    console.print(Text(f"report: {build_report(out)}"), highlight=False)
 
 
 def demo_command(
@@ -109,10 +94,36 @@ def demo_command(
 
     check_output_dir(out, "--out", SearchError)
     try:
-        result = demo(out, progress=not no_progress, console=_console)
+        result = demo(out, progress=not no_progress, console=console)
     except KeyboardInterrupt:
-        _interrupted(out, this_command())
+        _interrupted(out)
     _print_result(result, as_json=False)
+
+
+def this_command() -> str:
+    """The command line as the user typed it, quoted so it can be pasted back."""
+    return shlex.join(["wattless", *sys.argv[1:]])
+
+
+def _interrupted(out: Path) -> None:
+    err_console.print(Text.assemble(
+        ("interrupted:", "yellow"), " the study is kept (finished trials and the running one's checkpoint); "
+        f"run `{this_command()}` again to continue. Partial report: {out / 'report.html'}"), highlight=False, soft_wrap=True)
+    raise typer.Exit(code=130)
+
+
+def _print_result(result, as_json: bool) -> None:
+    from wattless.demo import summary_line, summary_table
+
+    if as_json:
+        print_json({"results": str(result.results_path), "report": str(result.report_path),
+                    "trial_counts": result.trial_counts, "summary": result.summary,
+                    "frontier": [{k: p[k] for k in ("trial", "metric", "energy_j", "recipe")} for p in result.frontier]},
+                   strict=False)
+        return
+    console.print(summary_table(result))  # its cells are escaped where they quote user text
+    console.print(Text(summary_line(result)), highlight=False)
+    console.print(Text(f"results: {result.results_path}\nreport:  {result.report_path}"), highlight=False)
 
 
 def register(app: typer.Typer) -> None:

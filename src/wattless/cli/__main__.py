@@ -1,0 +1,5 @@
+"""python -m wattless.cli"""
+
+from wattless.cli import main
+
+main()
