@@ -8,7 +8,7 @@ import time
 from rich.console import Console
 from rich.progress import Progress
 
-from wattless._progress import PlainProgress, progress_bar
+from wattless.progress import PlainProgress, progress_bar
 
 
 def test_a_pipe_gets_plain_lines_at_a_steady_pace():

@@ -360,7 +360,7 @@ class _Prepared:
 def _check_files(export: str | Path | None, json_path: str | Path | None) -> None:
     """Every file bench was given, checked before minutes of timing: an export it can load, a JSON path it
     can write."""
-    from wattless._files import check_output_file
+    from wattless.files import check_output_file
     from wattless.runtime import read_metadata
 
     if json_path is not None:
@@ -421,7 +421,7 @@ def bench(
         if own:
             shutil.rmtree(work, ignore_errors=True)
     if json_path is not None:
-        from wattless._files import atomic_write
+        from wattless.files import atomic_write
 
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(Path(json_path), json.dumps(result, indent=2))

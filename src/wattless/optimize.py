@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from wattless._files import atomic_write, check_output_dir, json_safe
+from wattless.files import atomic_write, check_output_dir, json_safe
 from wattless.energy import Target, builtin_targets, count_each, estimate, resolve_target
 from wattless.errors import DamagedFileError, TrainingError
 from wattless.recipe import Recipe, apply_recipe, check_recipe, load_recipe, save_recipe

@@ -27,7 +27,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
-from wattless._files import atomic_write, read_toml, validation_message
+from wattless.files import atomic_write, read_toml, validation_message
 from wattless.errors import RecipeError
 from wattless.techniques.act_sparsity import ActSparsityConfig
 from wattless.techniques.base import ApplyContext, Technique, TechniqueConfig, apply_

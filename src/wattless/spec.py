@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from wattless._files import import_python_file
+from wattless.files import import_python_file
 from wattless.errors import InputError, SpecError
 
 __all__ = ["load_factory", "load_model", "parse_shape", "example_from_shape"]

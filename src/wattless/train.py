@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemaini
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from wattless._progress import progress_bar
+from wattless.progress import progress_bar
 from wattless.energy.soft import ExpectedEnergy, unit_costs
 from wattless.energy.target import Target
 from wattless.errors import DamagedFileError, TrainingError

@@ -7,7 +7,7 @@ import sys
 
 from rich.console import Console
 
-from wattless._files import json_safe
+from wattless.files import json_safe
 
 __all__ = ["console", "err_console", "print_json"]
 

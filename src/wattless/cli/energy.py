@@ -174,7 +174,7 @@ def calibrate(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Fit a target's coefficients to measured joules per inference of several models."""
-    from wattless._files import check_output_file
+    from wattless.files import check_output_file
     from wattless.energy import calibrate as run_calibrate, resolve_target, write_target
 
     base = resolve_target(target)

@@ -40,7 +40,7 @@ def export(
 
 
 def _check_export(run_dir: Path, out: Path, int8_kernel: str) -> None:
-    from wattless._files import check_output_file
+    from wattless.files import check_output_file
     from wattless.kernels import INT8_KERNELS
 
     if int8_kernel not in INT8_KERNELS:

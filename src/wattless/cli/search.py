@@ -88,7 +88,7 @@ def demo_command(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bars")] = False,
 ) -> None:
     """The main job: MNIST-1D on mobile-npu, baselines and a ~10-minute Pareto search, a summary and a report."""
-    from wattless._files import check_output_dir
+    from wattless.files import check_output_dir
     from wattless.demo import demo
     from wattless.errors import SearchError
 

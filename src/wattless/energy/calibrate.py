@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import tomli_w
 
-from wattless._files import atomic_write
+from wattless.files import atomic_write
 from wattless.energy.count import Counts
 from wattless.energy.estimate import PJ, sample_features
 from wattless.energy.target import Target

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
-from wattless._files import read_toml, validation_message
+from wattless.files import read_toml, validation_message
 from wattless.energy.precision import Precision, parse_precision
 from wattless.errors import TargetError, UnknownTargetError
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 
-from wattless._files import check_output_dir
+from wattless.files import check_output_dir
 from wattless.energy import Target, resolve_target
 from wattless.errors import SearchError
 from wattless.optimize import baseline_model

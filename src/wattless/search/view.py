@@ -18,7 +18,7 @@ class View:
     def __init__(self, enabled: bool, total: int | None = None, console=None) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-        from wattless._progress import progress_bar
+        from wattless.progress import progress_bar
 
         self.total = total
         self.bar = progress_bar(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),

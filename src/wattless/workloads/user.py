@@ -9,7 +9,7 @@ import importlib
 from pathlib import Path
 from types import ModuleType
 
-from wattless._files import import_python_file
+from wattless.files import import_python_file
 from wattless.errors import WorkloadError
 from wattless.workloads.base import Workload
 
