@@ -110,7 +110,7 @@ def _load_runtime(spec: dict[str, Any]) -> tuple[Any, Any]:
     """(callable on a batch array, module for the workload's evaluate or None)."""
     import torch
 
-    name, workdir = spec["runtime"], Path(spec["workdir"])
+    name = spec["runtime"]
     if name in ("torch-fp32", "torch-dynamic-int8"):
         from wattless.baselines import torch_dynamic_int8
         from wattless.optimize import baseline_model

@@ -23,7 +23,7 @@ from wattless.errors import DamagedFileError, TrainingError
 from wattless.recipe import Recipe, apply_recipe, check_recipe, load_recipe, save_recipe
 from wattless.techniques.base import ApplyContext
 from wattless.train import EnergyTerm, TrainSettings, load_state, save_state, train
-from wattless.workloads import Split, Workload, get_workload
+from wattless.workloads import Workload, get_workload
 
 __all__ = ["optimize", "baseline_model", "load_run", "read_run_marker", "eval_samples", "energy_by_target", "cache_dir",
            "apply_context", "train_batches", "RunMetrics"]

@@ -28,8 +28,7 @@ The energy core never imports a technique; techniques tell it what they did thro
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import InitVar, dataclass, field, fields
+from dataclasses import InitVar, dataclass, fields
 from typing import Any, ClassVar, Literal, get_args
 
 import torch

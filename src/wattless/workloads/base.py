@@ -25,6 +25,7 @@ __all__ = [
     "seeded_builder",
     "cycled_examples",
     "classification_evaluate",
+    "tiny_classifier",
 ]
 
 
@@ -180,3 +181,15 @@ def classification_evaluate(batch_size: int) -> Callable[[nn.Module, Split], dic
         return {"accuracy": correct / len(split)}
 
     return evaluate
+
+
+def tiny_classifier(name: str, build: Callable[[], nn.Module], splits: tuple[Split, Split, Split], *, seed: int,
+                    epochs: int, lr: float, batch_size: int, description: str) -> Workload:
+    """A small built-in classification workload (digits, mnist1d): seeded model, accuracy, trained on one
+    thread (as fast for such models, and the same model on every machine)."""
+    train, val, test = splits
+    return Workload(
+        name=name, metric_name="accuracy", build_model=seeded_builder(build, seed), train=train, val=val,
+        test=test, example_input=cycled_examples(test.inputs), evaluate=classification_evaluate(batch_size),
+        needs_training=True, default_epochs=epochs, batch_size=batch_size, default_lr=lr, train_threads=1,
+        seed=seed, description=description)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from wattless.errors import WorkloadError
-from wattless.workloads.base import Split, Workload, classification_evaluate, cycled_examples, seeded_builder
+from wattless.workloads.base import Split, Workload, tiny_classifier
 
 __all__ = ["load_digits_workload", "build_digits_cnn", "NUM_CLASSES"]
 
@@ -73,20 +73,6 @@ def load_digits_workload(seed: int = 0) -> Workload:
     )
     train_idx, val_idx, test_idx = _stratified_order(pool.targets, seed)
     train, val, test = pool.take(train_idx), pool.take(val_idx), pool.take(test_idx)
-    return Workload(
-        name="digits",
-        metric_name="accuracy",
-        build_model=seeded_builder(build_digits_cnn, seed),
-        train=train,
-        val=val,
-        test=test,
-        example_input=cycled_examples(test.inputs),
-        evaluate=classification_evaluate(_BATCH_SIZE),
-        needs_training=True,
-        default_epochs=20,
-        batch_size=_BATCH_SIZE,
-        default_lr=3e-3,
-        train_threads=1,  # tiny: one thread is as fast, and the same model on every machine
-        seed=seed,
-        description=f"sklearn digits, {len(train)}/{len(val)}/{len(test)} 8x8 images in [0, 1], 10 classes",
-    )
+    return tiny_classifier("digits", build_digits_cnn, (train, val, test), seed=seed, epochs=20, lr=3e-3,
+                           batch_size=_BATCH_SIZE,
+                           description=f"sklearn digits, {len(train)}/{len(val)}/{len(test)} 8x8 images in [0, 1], 10 classes")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from wattless.errors import WorkloadError
-from wattless.workloads.base import Split, Workload, classification_evaluate, cycled_examples, seeded_builder
+from wattless.workloads.base import Split, Workload, tiny_classifier
 
 __all__ = ["load_mnist1d", "build_mnist1d_cnn", "SIGNAL_LENGTH", "NUM_CLASSES", "VAL_SIZE"]
 
@@ -73,20 +73,6 @@ def load_mnist1d(seed: int = 0) -> Workload:
     order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))
     train, val = pool.take(order[VAL_SIZE:]), pool.take(order[:VAL_SIZE])
     test = _to_split(x_test, y_test)
-    return Workload(
-        name="mnist1d",
-        metric_name="accuracy",
-        build_model=seeded_builder(build_mnist1d_cnn, seed),
-        train=train,
-        val=val,
-        test=test,
-        example_input=cycled_examples(test.inputs),
-        evaluate=classification_evaluate(_BATCH_SIZE),
-        needs_training=True,
-        default_epochs=30,
-        batch_size=_BATCH_SIZE,
-        default_lr=1e-2,
-        train_threads=1,  # tiny: one thread is as fast, and the same model on every machine
-        seed=seed,
-        description=f"MNIST-1D, {len(train)}/{len(val)}/{len(test)} signals of length 40, 10 classes",
-    )
+    return tiny_classifier("mnist1d", build_mnist1d_cnn, (train, val, test), seed=seed, epochs=30, lr=1e-2,
+                           batch_size=_BATCH_SIZE,
+                           description=f"MNIST-1D, {len(train)}/{len(val)}/{len(test)} signals of length 40, 10 classes")
