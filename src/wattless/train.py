@@ -315,87 +315,139 @@ def _resume(ckpt, model, opt, sched, energy, techniques, identity, workload, gen
     return info
 
 
+@dataclass
+class _Run:
+    """One training run's moving parts and state: the optimizer and schedule, where it resumed, the history."""
+
+    model: nn.Module
+    workload: Workload
+    settings: TrainSettings
+    techniques: list[Technique]
+    energy: "EnergyTerm | None"
+    ckpt: Path | None
+    identity: dict[str, Any] | None
+    on_epoch: Callable[[int, dict[str, Any]], None] | None
+    distiller: Distillation | None = None
+    start_epoch: int = 0
+    resumed: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    first_loss: float | None = None
+    task_value: float | None = None
+    step: int = 0
+    saved: int = 0
+    loss_value: float = float("nan")
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        torch.manual_seed(s.seed)
+        self.gen = torch.Generator().manual_seed(s.seed)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=s.lr, weight_decay=s.weight_decay)
+        self.steps_per_epoch = max(1, math.ceil(len(self.workload.train) / s.batch_size))
+        self.total = s.epochs * self.steps_per_epoch
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=s.lr, total_steps=max(self.total, 1),
+                                                         pct_start=0.1, anneal_strategy="cos") if self.total else None
+
+    def resume(self) -> None:
+        """Pick up the checkpoint in the run folder, if there is one (refused if it is another run's)."""
+        if self.ckpt is not None and (self.ckpt / "state.json").exists():
+            info = _resume(self.ckpt, self.model, self.opt, self.sched, self.energy, self.techniques, self.identity,
+                           self.workload, self.gen)
+            self.start_epoch, self.resumed, self.history = info["epoch"], info["epoch"], info.get("history", [])
+            self.first_loss = info.get("first_loss")
+        self.step, self.saved = self.start_epoch * self.steps_per_epoch, self.start_epoch
+        if self.history:  # a run resumed at its end reports its last epoch
+            self.loss_value = self.history[-1]["loss"]
+            if self.energy is not None and self.history[-1].get("soft_energy_j") is not None:
+                self.energy.last_j = self.history[-1]["soft_energy_j"]
+
+    def kept(self) -> str:
+        return (f"the last good checkpoint (epoch {self.saved}) is kept in {self.ckpt}" if self.ckpt is not None
+                and self.saved else "no checkpoint had been written yet")
+
+    def one_step(self, batch: Split, epoch: int) -> tuple[float, float]:
+        """One optimizer step; (loss with the energy term, task loss)."""
+        for tech in self.techniques:
+            tech.on_step(self.step, self.total)
+        loss, _ = _loss(self.model, batch, self.workload, self.techniques, self.distiller)
+        task_loss = float(loss.detach())
+        if self.first_loss is None and math.isfinite(task_loss):
+            self.first_loss = task_loss
+        if self.energy is not None:
+            loss = loss + self.energy(len(batch))
+        if not torch.isfinite(loss):
+            raise TrainingError(f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {self.step}; "
+                                f"training stopped and {self.kept()}. Lower the learning rate or the energy weight.")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 5.0)
+        self.opt.step()
+        if self.sched is not None:
+            self.sched.step()
+        if self.energy is not None:
+            self.energy.dual_step()
+        self.step += 1
+        return float(loss.detach()), task_loss
+
+    def one_epoch(self, epoch: int, tick: Callable[[str], None]) -> None:
+        self.model.train()
+        running, task_running, n = 0.0, 0.0, 0
+        for batch in _batches(self.workload.train, self.settings.batch_size, self.gen):
+            loss, task_loss = self.one_step(batch, epoch)
+            running, task_running, n = running + loss, task_running + task_loss, n + 1
+            status = f"loss {running / n:.4f}"
+            if self.energy is not None:
+                status += f"  E {self.energy.last_j * 1e6:.4g} uJ  lambda {self.energy.lam:.3g}"
+            tick(status)
+        self.loss_value, self.task_value = running / max(n, 1), task_running / max(n, 1)
+        if self.first_loss is not None and self.task_value > DIVERGED_RATIO * max(self.first_loss, 1e-3):
+            raise _diverged(f"over epoch {epoch + 1}", self.task_value, self.first_loss, self.kept())
+        self.end_epoch(epoch)
+
+    def end_epoch(self, epoch: int) -> None:
+        record = {"epoch": epoch + 1, "loss": self.loss_value}
+        if self.energy is not None:
+            self.energy.refresh()
+            record.update(soft_energy_j=self.energy.last_j, energy_lambda=self.energy.lam)
+        self.history.append(record)
+        every = self.settings.checkpoint_every
+        if self.ckpt is not None and ((epoch + 1) % every == 0 or epoch + 1 == self.settings.epochs):
+            _write_checkpoint(self.ckpt, self.model, self.opt, {
+                "epoch": epoch + 1, "history": self.history,
+                "scheduler": self.sched.state_dict() if self.sched else None,
+                "energy_lambda": self.energy.lam if self.energy is not None else None, "identity": self.identity,
+                "techniques": [t.state() for t in self.techniques], "first_loss": self.first_loss,
+                "rng": torch.get_rng_state().tolist(),
+            })
+            self.saved = epoch + 1
+        if self.on_epoch is not None:
+            self.on_epoch(epoch + 1, record)
+
+    def result(self) -> TrainResult:
+        if (self.first_loss is not None and self.task_value is not None
+                and _ends_worse(self.task_value, self.first_loss, self.settings.epochs)):
+            raise _diverged("over the last epoch", self.task_value, self.first_loss,
+                            f"its result is not written (the checkpoint is in {self.ckpt})" if self.ckpt
+                            else "its result is dropped")
+        energy = self.energy
+        return TrainResult(
+            epochs_run=self.settings.epochs - self.start_epoch, steps=self.step, final_loss=self.loss_value,
+            resumed_from_epoch=self.resumed, energy_lambda=energy.lam if energy is not None else None,
+            soft_energy_j=energy.last_j if energy is not None else None, history=self.history,
+        )
+
+
 def _train(model, workload, settings, techniques, teacher, distill, energy, run_dir, progress,
            on_epoch, identity) -> TrainResult:
-    torch.manual_seed(settings.seed)
-    gen = torch.Generator().manual_seed(settings.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(workload.train) / settings.batch_size))
-    total = settings.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=max(total, 1),
-                                                pct_start=0.1, anneal_strategy="cos") if total else None
-    ckpt = run_dir / "checkpoint" if run_dir is not None else None
-    start_epoch, resumed, history, first_loss, task_value = 0, None, [], None, None
-    if ckpt is not None and (ckpt / "state.json").exists():
-        info = _resume(ckpt, model, opt, sched, energy, techniques, identity, workload, gen)
-        start_epoch, resumed, history = info["epoch"], info["epoch"], info.get("history", [])
-        first_loss = info.get("first_loss")
-    distiller = _distiller(model, workload, teacher, distill)
-    step, saved = start_epoch * steps_per_epoch, start_epoch
-    loss_value = history[-1]["loss"] if history else float("nan")  # a run resumed at its end reports its last epoch
-    if energy is not None and history and history[-1].get("soft_energy_j") is not None:
-        energy.last_j = history[-1]["soft_energy_j"]
+    run = _Run(model, workload, settings, techniques, energy, run_dir / "checkpoint" if run_dir is not None else None,
+               identity, on_epoch)
+    run.resume()
+    run.distiller = _distiller(model, workload, teacher, distill)
     bar = progress_bar(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
                        TextColumn("{task.fields[status]}", markup=False), TimeRemainingColumn(), disable=not progress)
     with bar:
-        task_id = bar.add_task(f"training {workload.name}", total=total, completed=step, status="")
-        for epoch in range(start_epoch, settings.epochs):
-            model.train()
-            running, task_running, n = 0.0, 0.0, 0
-            for batch in _batches(workload.train, settings.batch_size, gen):
-                for tech in techniques:
-                    tech.on_step(step, total)
-                loss, _ = _loss(model, batch, workload, techniques, distiller)
-                task_loss = float(loss.detach())
-                if first_loss is None and math.isfinite(task_loss):
-                    first_loss = task_loss
-                if energy is not None:
-                    loss = loss + energy(len(batch))
-                if not torch.isfinite(loss):
-                    kept = (f"the last good checkpoint (epoch {saved}) is kept in {ckpt}" if ckpt is not None and saved
-                            else "no checkpoint had been written yet")
-                    raise TrainingError(f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step}; training "
-                                        f"stopped and {kept}. Lower the learning rate or the energy weight.")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 5.0)
-                opt.step()
-                if sched is not None:
-                    sched.step()
-                if energy is not None:
-                    energy.dual_step()
-                running, task_running, n, step = running + float(loss.detach()), task_running + task_loss, n + 1, step + 1
-                status = f"loss {running / n:.4f}"
-                if energy is not None:
-                    status += f"  E {energy.last_j * 1e6:.4g} uJ  lambda {energy.lam:.3g}"
-                bar.update(task_id, advance=1, status=status)
-            loss_value, task_value = running / max(n, 1), task_running / max(n, 1)
-            if first_loss is not None and task_value > DIVERGED_RATIO * max(first_loss, 1e-3):
-                kept = (f"the last good checkpoint (epoch {saved}) is kept in {ckpt}" if ckpt is not None and saved
-                        else "no checkpoint had been written yet")
-                raise _diverged(f"over epoch {epoch + 1}", task_value, first_loss, kept)
-            record = {"epoch": epoch + 1, "loss": loss_value}
-            if energy is not None:
-                energy.refresh()
-                record.update(soft_energy_j=energy.last_j, energy_lambda=energy.lam)
-            history.append(record)
-            if ckpt is not None and ((epoch + 1) % settings.checkpoint_every == 0 or epoch + 1 == settings.epochs):
-                _write_checkpoint(ckpt, model, opt, {
-                    "epoch": epoch + 1, "history": history, "scheduler": sched.state_dict() if sched else None,
-                    "energy_lambda": energy.lam if energy is not None else None, "identity": identity,
-                    "techniques": [t.state() for t in techniques], "first_loss": first_loss,
-                    "rng": torch.get_rng_state().tolist(),
-                })
-                saved = epoch + 1
-            if on_epoch is not None:
-                on_epoch(epoch + 1, record)
+        task_id = bar.add_task(f"training {workload.name}", total=run.total, completed=run.step, status="")
+        for epoch in range(run.start_epoch, settings.epochs):
+            run.one_epoch(epoch, lambda status: bar.update(task_id, advance=1, status=status))
     clear_soft_probs(model)
-    if first_loss is not None and task_value is not None and _ends_worse(task_value, first_loss, settings.epochs):
-        raise _diverged("over the last epoch", task_value, first_loss,
-                        f"its result is not written (the checkpoint is in {ckpt})" if ckpt else "its result is dropped")
-    return TrainResult(
-        epochs_run=settings.epochs - start_epoch, steps=step, final_loss=loss_value, resumed_from_epoch=resumed,
-        energy_lambda=energy.lam if energy is not None else None,
-        soft_energy_j=energy.last_j if energy is not None else None, history=history,
-    )
+    return run.result()
