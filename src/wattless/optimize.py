@@ -196,42 +196,26 @@ def optimize(
     wl = get_workload(workload, seed=recipe.train.seed) if isinstance(workload, str) else workload
     objective_target = resolve_target(recipe.objective_target)
     out = Path(out)
-    check_output_dir(out, "run directory", TrainingError)
-    if energy_inputs < 1:
-        raise TrainingError(f"energy_inputs must be >= 1 (test inputs each model's energy is counted on), got {energy_inputs}")
-    identity = {"workload": wl.name, "recipe_name": recipe.name,
-                "recipe_sha": hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode()).hexdigest()}
+    identity = _check_run(out, wl, recipe, energy_inputs)
     done = _finished(out, identity)
     if done is not None:  # a finished run is left as it is
         return {**done, "already_done": True}
-
     baseline, base_metrics = baseline_model(wl, progress=progress, cache=cache)
     teacher = _teacher(recipe, baseline)
     settings = _settings(wl, recipe)
-    steps = settings.epochs * max(1, -(-len(wl.train) // settings.batch_size))
-    context = apply_context(wl, teacher, steps)
+    context = apply_context(wl, teacher, settings.epochs * max(1, -(-len(wl.train) // settings.batch_size)))
     check_recipe(recipe, baseline, context, where, labelled=wl.train.targets is not None)
     _claim_run_dir(out, identity)
-
-    torch.manual_seed(settings.seed)
-    student = copy.deepcopy(baseline)
-    if not recipe.train.dropout:
-        _no_dropout(student)
-    techniques = apply_recipe(student, recipe, context)
     samples = eval_samples(wl, energy_inputs)
-    base_energy, base_macs = energy_by_target(baseline, samples)
-    energy = _energy_term(recipe, student, baseline, samples, objective_target)
-    result = train(student, wl, settings, techniques=techniques, teacher=teacher, distill=recipe.distill,
-                   energy=energy, run_dir=out, progress=progress, identity={**identity, "seed": recipe.train.seed},
-                   on_epoch=None if on_epoch is None else lambda epoch, record: on_epoch(epoch, record, student))
-    for tech in techniques:
-        tech.finish(student, context)
-    student.eval()
+    student, techniques, energy, result = _train_student(
+        wl, recipe, baseline, teacher, settings, context, samples, objective_target, out, progress,
+        {**identity, "seed": recipe.train.seed}, on_epoch)
+    target = objective_target.name
     metrics = wl.evaluate(student, wl.test)
     hard, macs = energy_by_target(student, samples)
+    base_energy, base_macs = energy_by_target(baseline, samples)
     save_state(student, out / "model.safetensors")
     save_recipe(recipe, out / "recipe.toml")
-    target = objective_target.name
     report = RunMetrics(
         workload=wl.name, recipe=recipe.name, target=target, metric_name=wl.metric_name, metrics=metrics,
         baseline_metrics=base_metrics, estimates=hard, baseline_estimates=base_energy, macs=macs,
@@ -243,6 +227,32 @@ def optimize(
     report = json_safe(report)  # a figure that could not be computed is null, never a bare NaN in the JSON
     atomic_write(out / "metrics.json", json.dumps(report, indent=2, allow_nan=False))
     return report
+
+
+def _check_run(out: Path, wl: Workload, recipe: Recipe, energy_inputs: int) -> dict[str, str]:
+    """The run's identity, once its folder and settings are known to be usable (nothing is written yet)."""
+    check_output_dir(out, "run directory", TrainingError)
+    if energy_inputs < 1:
+        raise TrainingError(f"energy_inputs must be >= 1 (test inputs each model's energy is counted on), got {energy_inputs}")
+    return {"workload": wl.name, "recipe_name": recipe.name,
+            "recipe_sha": hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode()).hexdigest()}
+
+
+def _train_student(wl, recipe, baseline, teacher, settings, context, samples, objective_target, out, progress,
+                   identity, on_epoch) -> tuple[nn.Module, list[Any], "EnergyTerm | None", Any]:
+    """A copy of the baseline with the recipe's techniques, trained, finished and in eval mode."""
+    torch.manual_seed(settings.seed)
+    student = copy.deepcopy(baseline)
+    if not recipe.train.dropout:
+        _no_dropout(student)
+    techniques = apply_recipe(student, recipe, context)
+    energy = _energy_term(recipe, student, baseline, samples, objective_target)
+    result = train(student, wl, settings, techniques=techniques, teacher=teacher, distill=recipe.distill,
+                   energy=energy, run_dir=out, progress=progress, identity=identity,
+                   on_epoch=None if on_epoch is None else lambda epoch, record: on_epoch(epoch, record, student))
+    for tech in techniques:
+        tech.finish(student, context)
+    return student.eval(), techniques, energy, result
 
 
 def _resolve_recipe(recipe: str | Path | Recipe, target: str | None) -> tuple[Recipe, str]:
