@@ -22,7 +22,7 @@ from wattless.energy import Target, builtin_targets, count_each, estimate, resol
 from wattless.errors import DamagedFileError, TrainingError
 from wattless.recipe import Recipe, apply_recipe, check_recipe, load_recipe, save_recipe
 from wattless.techniques.base import ApplyContext
-from wattless.train import EnergyTerm, TrainSettings, load_state, save_state, train
+from wattless.train import EnergyTerm, TrainSettings, load_state, save_state, steps_per_epoch, train
 from wattless.workloads import Workload, get_workload
 
 __all__ = ["optimize", "baseline_model", "load_run", "read_run_marker", "eval_samples", "energy_by_target", "cache_dir",
@@ -203,8 +203,8 @@ def optimize(
     baseline, base_metrics = baseline_model(wl, progress=progress, cache=cache)
     teacher = _teacher(recipe, baseline)
     settings = _settings(wl, recipe)
-    context = apply_context(wl, teacher, settings.epochs * max(1, -(-len(wl.train) // settings.batch_size)))
-    check_recipe(recipe, baseline, context, where, labelled=wl.train.targets is not None)
+    context = apply_context(wl, teacher, settings.epochs * steps_per_epoch(wl.train, settings.batch_size))
+    check_recipe(recipe, baseline, context, where, labelled=wl.train.labelled)
     _claim_run_dir(out, identity)
     samples = eval_samples(wl, energy_inputs)
     student, techniques, energy, result = _train_student(

@@ -31,8 +31,10 @@ from wattless.errors import DamagedFileError, TrainingError
 from wattless.techniques.base import ApplyContext, Technique, apply_, clear_soft_probs
 from wattless.techniques.distill import DistillConfig, Distillation
 from wattless.workloads import Split, Workload
+from wattless.workloads.loaders import Batches, LoaderBatch
 
-__all__ = ["TrainSettings", "EnergyTerm", "train", "model_output", "save_state", "load_state", "torch_threads"]
+__all__ = ["TrainSettings", "EnergyTerm", "train", "model_output", "save_state", "load_state", "torch_threads",
+           "steps_per_epoch"]
 
 
 @dataclass(frozen=True)
@@ -232,7 +234,17 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _batches(split: Split, batch_size: int, gen: torch.Generator) -> Iterator[Split]:
+def steps_per_epoch(split: Split | Batches, batch_size: int) -> int:
+    """Optimizer steps in one epoch: batch_size rows per step for a Split, the loader's own batches for Batches."""
+    if isinstance(split, Batches):
+        return max(1, split.num_batches)
+    return max(1, math.ceil(len(split) / batch_size))
+
+
+def _batches(split: Split | Batches, batch_size: int, gen: torch.Generator) -> Iterator[Split | LoaderBatch]:
+    if isinstance(split, Batches):  # the user's loader, in its own order and batch size
+        yield from split.batches()
+        return
     order = torch.randperm(len(split), generator=gen)
     for i in range(0, len(split), batch_size):
         yield split.take(order[i : i + batch_size])
@@ -241,16 +253,30 @@ def _batches(split: Split, batch_size: int, gen: torch.Generator) -> Iterator[Sp
 def _distiller(model: nn.Module, workload: Workload, teacher: nn.Module | None,
                distill: DistillConfig | None) -> Distillation | None:
     """The teacher through the technique door; a labelled workload distils only when the recipe says so."""
-    if teacher is None or (distill is None and workload.train.targets is not None):
+    if teacher is None or (distill is None and (workload.train.labelled or workload.loss is not None)):
         return None
     return apply_(model, distill or DistillConfig(), ApplyContext(example_input=None, teacher=teacher))
 
 
-def _loss(model: nn.Module, batch: Split, workload: Workload, techniques: list[Technique],
+def _user_loss(workload: Workload, out: Any, batch: Split | LoaderBatch) -> torch.Tensor:
+    loss = workload.loss(out, batch.raw if isinstance(batch, LoaderBatch) else batch)
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise TrainingError(f"workload {workload.name!r}: its loss(outputs, batch) returned {got}; it must return "
+                            "one scalar tensor (e.g. end it with .mean()) that autograd can differentiate")
+    return loss
+
+
+def _loss(model: nn.Module, batch: Split | LoaderBatch, workload: Workload, techniques: list[Technique],
           distiller: Distillation | None) -> tuple[torch.Tensor, Any]:
     labelled = batch.targets is not None
     inputs = workload.prepare_inputs(batch.inputs)
-    if labelled:
+    if workload.loss is not None:
+        out = model_output(model, inputs, labelled=True)  # the model's own outputs, for the user's loss
+        task = _user_loss(workload, out, batch)
+        if distiller is not None:
+            task = distiller.classifier_loss(out, task, inputs)
+    elif labelled:
         out = model_output(model, inputs, labelled)
         task = F.cross_entropy(out, batch.targets)
         if distiller is not None:
@@ -308,8 +334,8 @@ def _resume(ckpt, model, opt, sched, energy, techniques, identity, workload, gen
         sched.load_state_dict(info["scheduler"])
     for tech, state in zip(techniques, info.get("techniques", [])):
         tech.load_state(state)
-    for _ in range(info["epoch"]):  # replay the data order so a resumed run sees what a straight one would
-        torch.randperm(len(workload.train), generator=gen)
+    for _ in range(info["epoch"] if isinstance(workload.train, Split) else 0):
+        torch.randperm(len(workload.train), generator=gen)  # replay the data order, as the straight run drew it
     if info.get("rng") is not None:
         torch.set_rng_state(torch.tensor(info["rng"], dtype=torch.uint8))
     return info
@@ -343,7 +369,7 @@ class _Run:
         self.gen = torch.Generator().manual_seed(s.seed)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=s.lr, weight_decay=s.weight_decay)
-        self.steps_per_epoch = max(1, math.ceil(len(self.workload.train) / s.batch_size))
+        self.steps_per_epoch = steps_per_epoch(self.workload.train, s.batch_size)
         self.total = s.epochs * self.steps_per_epoch
         self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=s.lr, total_steps=max(self.total, 1),
                                                          pct_start=0.1, anneal_strategy="cos") if self.total else None
@@ -365,7 +391,7 @@ class _Run:
         return (f"the last good checkpoint (epoch {self.saved}) is kept in {self.ckpt}" if self.ckpt is not None
                 and self.saved else "no checkpoint had been written yet")
 
-    def one_step(self, batch: Split, epoch: int) -> tuple[float, float]:
+    def one_step(self, batch: Split | LoaderBatch, epoch: int) -> tuple[float, float]:
         """One optimizer step; (loss with the energy term, task loss)."""
         for tech in self.techniques:
             tech.on_step(self.step, self.total)

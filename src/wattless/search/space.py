@@ -70,7 +70,7 @@ def _chain(model: nn.Module) -> tuple[nn.Sequential | None, str]:
 def _exit_candidates(workload: Workload, model: nn.Module) -> list[str]:
     """Activations of a chain classifier an exit head can follow (not the last one), each checked."""
     chain, prefix = _chain(model)
-    if chain is None or workload.train.targets is None:
+    if chain is None or not workload.train.labelled:
         return []
     acts = [f"{prefix}{n}" for n, m in chain.named_children() if isinstance(m, _ACTIVATIONS)][:-1]
     ok = []

@@ -13,9 +13,11 @@ from collections.abc import Callable
 
 from wattless.errors import WorkloadError
 from wattless.workloads.base import Split, Workload, iter_batches
+from wattless.workloads.loaders import Batches, from_loaders
 from wattless.workloads.user import SPEC_FORMS, is_workload_spec, load_workload_spec
 
-__all__ = ["Split", "Workload", "get_workload", "list_workloads", "load_workload_spec", "iter_batches"]
+__all__ = ["Split", "Batches", "Workload", "from_loaders", "get_workload", "list_workloads", "load_workload_spec",
+           "iter_batches"]
 
 
 def _mnist1d(seed: int) -> Workload:

@@ -5,7 +5,7 @@ Classification workloads (tensors in, class logits out) share the helpers at the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,11 +39,17 @@ class Split:
     def __len__(self) -> int:
         return len(self.inputs)
 
+    @property
+    def labelled(self) -> bool:
+        return self.targets is not None
+
     def take(self, index: torch.Tensor | slice) -> "Split":
         """The rows at `index`, for tensor inputs and list-of-string inputs alike."""
-        if isinstance(self.inputs, list):
+        if isinstance(self.inputs, Mapping):  # token batches: one tensor (N, ...) per key
+            inputs: Any = {k: v[index] for k, v in self.inputs.items()}
+        elif isinstance(self.inputs, list):
             rows = range(len(self.inputs))[index] if isinstance(index, slice) else index.tolist()
-            inputs: Any = [self.inputs[i] for i in rows]
+            inputs = [self.inputs[i] for i in rows]
         else:
             inputs = self.inputs[index]
         return Split(inputs, None if self.targets is None else self.targets[index])
@@ -71,6 +77,9 @@ class Workload:
     default_lr: float = 1e-3
     prepare_inputs: Callable[[Any], Any] = field(default=lambda inputs: inputs)
     description: str = ""
+    # The task loss, loss(outputs, batch) -> scalar tensor, batch being what the split yields (a Split of rows,
+    # or the user's own batch for Batches); None: cross-entropy against the labels (distillation without them).
+    loss: Callable[[Any, Any], torch.Tensor] | None = None
     # Threads training runs on (None: torch's default). CPU float sums depend on how work is split over
     # threads, so a tiny model trained on 1 and on 2 threads ends up a different model; a fixed count makes
     # its baseline and recipes the same on every machine.
@@ -90,20 +99,29 @@ class Workload:
                 f"default_epochs={self.default_epochs}: batch_size must be >= 1 and default_epochs >= 0"
             )
         for split_name in ("train", "val", "test"):
-            _check_split(self.name, split_name, getattr(self, split_name))
+            setattr(self, split_name, _check_split(self.name, split_name, getattr(self, split_name)))
+
+    @staticmethod
+    def from_loaders(name: str, build_model: Callable[[], nn.Module], **kwargs: Any) -> "Workload":
+        """A workload from the user's own batches, loss and metric: see `wattless.workloads.loaders.from_loaders`."""
+        from wattless.workloads.loaders import from_loaders
+
+        return from_loaders(name, build_model, **kwargs)
 
 
-def _check_split(workload: str, split_name: str, split: Split) -> None:
-    if not isinstance(split, Split):
-        raise WorkloadError(
-            f"workload {workload!r}: {split_name} is a {type(split).__name__}, expected "
-            "wattless.workloads.Split(inputs, targets)"
-        )
+def _check_split(workload: str, split_name: str, split: Any) -> Any:
+    """The split as training reads it (a TensorDataset becomes its Split, a DataLoader Batches), checked."""
+    from wattless.workloads.loaders import Batches, as_split
+
+    split = as_split(split, f"workload {workload!r}: {split_name}")
+    if isinstance(split, Batches):
+        return split
     if split.targets is not None and len(split.targets) != len(split.inputs):
         raise WorkloadError(
             f"workload {workload!r}: {split_name} has {len(split.inputs)} inputs but {len(split.targets)} "
             "targets: give one target per input, or targets=None"
         )
+    return split
 
 
 def iter_batches(split: Split, batch_size: int, *, shuffle_seed: int | None = None) -> Iterator[Split]:
