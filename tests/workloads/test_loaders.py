@@ -109,7 +109,7 @@ def test_a_tensordataset_is_its_split_and_a_dataloader_is_accepted_where_a_split
 
 
 @pytest.mark.parametrize("source, message", [
-    (iter([(torch.zeros(2, 8), torch.zeros(2))]), "can be iterated only once"),
+    (iter([(torch.zeros(2, 8), torch.zeros(2))]), "Workload.from_loaders"),
     (TensorDataset(torch.zeros(4, 8), torch.zeros(4), torch.zeros(4)), "expected wattless.workloads.Split"),
     ({"x": torch.zeros(4, 8)}, "Workload.from_loaders"),
 ])
@@ -151,7 +151,9 @@ def test_a_dataloader_workload_optimizes_quantized_exports_with_parity_and_searc
     assert report.parity.passed and report.parity.metric_name == "top1"
     found = search(SPEC, "mobile-npu", out=tmp_path / "search", trials=2, workers=1, space=SearchSpace(epochs=1),
                    baselines=("fp32",), energy_inputs=4, progress=False, report=False)
-    assert found.trial_counts["complete"] == 2 and found.metric_name == "top1" and found.frontier
+    counts = found.trial_counts  # a drawn recipe far below fp32 after its epoch is pruned, which is a finish too
+    assert counts["fail"] == 0 and counts["complete"] + counts["pruned"] == 2 and counts["complete"] >= 1
+    assert found.metric_name == "top1" and found.frontier
 
 
 def _python_blocks(markdown: str) -> list[str]:
