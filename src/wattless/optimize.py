@@ -7,7 +7,9 @@ import copy
 import hashlib
 import json
 import os
+import re
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from wattless.files import atomic_write, check_output_dir, json_safe
+from wattless.fingerprint import baseline_key
 from wattless.energy import Target, builtin_targets, count_each, estimate, resolve_target
 from wattless.errors import DamagedFileError, TrainingError
 from wattless.recipe import Recipe, apply_recipe, check_recipe, load_recipe, save_recipe
@@ -34,11 +37,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("WATTLESS_CACHE", Path.home() / ".cache" / "wattless"))
 
 
-def _arch_key(model: nn.Module) -> str:
-    shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
-    return hashlib.sha256(shapes.encode()).hexdigest()[:12]
-
-
 def _settings(workload: Workload, recipe: Recipe | None = None) -> TrainSettings:
     t = recipe.train if recipe is not None else None
     return TrainSettings(
@@ -51,28 +49,46 @@ def _settings(workload: Workload, recipe: Recipe | None = None) -> TrainSettings
 
 
 def baseline_model(workload: Workload, *, progress: bool = True, cache: Path | None = None) -> tuple[nn.Module, dict]:
-    """The trained dense fp32 baseline and its metrics on the test split, cached across runs."""
+    """The trained dense fp32 baseline and its metrics on the test split, cached across runs under a key of
+    everything it depends on (`wattless.fingerprint.baseline_key`: the data, the model's code and initial
+    weights, the training settings). A workload whose data has no reliable digest is trained every time."""
     model = workload.build_model()
     if not workload.needs_training:
         return model, workload.evaluate(model, workload.test)
     settings = _settings(workload)
-    folder = (cache or cache_dir()) / "baselines"
-    threads = f"-t{workload.train_threads}" if workload.train_threads else ""
     # the workload's seed, not the training one: it chose the split and the initial weights
-    stem = f"{workload.name}-{_arch_key(model)}-e{settings.epochs}-s{workload.seed}{threads}"
+    depends = {**settings.__dict__, "threads": workload.train_threads, "workload_seed": workload.seed}
+    key = baseline_key(workload, model, depends)
+    if key is None:
+        warnings.warn(f"the baseline of workload {workload.name!r} is not cached: its splits are not tensors or "
+                      "lists of strings, so no digest of its data is reliable; it is trained on every run",
+                      RuntimeWarning, stacklevel=2)
+        return _train_baseline(model, workload, settings, progress)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", workload.name)[:64]
+    stem = f"{name}-e{settings.epochs}-s{workload.seed}-{digest}"
+    folder = (cache or cache_dir()) / "baselines"
     weights, info = folder / f"{stem}.safetensors", folder / f"{stem}.json"
     if weights.exists() and info.exists():
         try:
-            load_state(model, weights)
-            return model, json.loads(info.read_text())["metrics"]
-        except (DamagedFileError, RuntimeError, OSError, ValueError, KeyError):
-            model = workload.build_model()  # a stale or damaged cache entry is retrained, not trusted
-    train(model, workload, settings, progress=progress)
-    metrics = workload.evaluate(model, workload.test)
+            held = json.loads(info.read_text())
+            if held.get("key") == key:
+                load_state(model, weights)
+                return model, held["metrics"]
+        except (DamagedFileError, RuntimeError, OSError, ValueError, KeyError, AttributeError):
+            pass
+        model = workload.build_model()  # a stale or damaged cache entry is retrained, not trusted
+    model, metrics = _train_baseline(model, workload, settings, progress)
     folder.mkdir(parents=True, exist_ok=True)
     save_state(model, weights)
-    atomic_write(info, json.dumps({"metrics": metrics, "settings": settings.__dict__}))
+    atomic_write(info, json.dumps({"metrics": metrics, "settings": settings.__dict__, "key": key}))
     return model, metrics
+
+
+def _train_baseline(model: nn.Module, workload: Workload, settings: TrainSettings,
+                    progress: bool) -> tuple[nn.Module, dict]:
+    train(model, workload, settings, progress=progress)
+    return model, workload.evaluate(model, workload.test)
 
 
 def eval_samples(workload: Workload, n: int) -> list[Any]:
