@@ -22,11 +22,12 @@ from torch import nn
 from wattless.files import atomic_write, check_output_dir, json_safe
 from wattless.fingerprint import baseline_key
 from wattless.energy import Target, builtin_targets, count_each, estimate, resolve_target
-from wattless.errors import DamagedFileError, TrainingError
+from wattless.errors import DamagedFileError, TrainingError, WorkloadError
 from wattless.recipe import Recipe, apply_recipe, check_recipe, load_recipe, save_recipe
 from wattless.techniques.base import ApplyContext
 from wattless.train import EnergyTerm, TrainSettings, load_state, save_state, train
 from wattless.workloads import Workload, get_workload
+from wattless.workloads.user import SPEC_FORMS
 
 __all__ = ["optimize", "baseline_model", "load_run", "read_run_marker", "eval_samples", "energy_by_target", "cache_dir",
            "apply_context", "train_batches", "RunMetrics"]
@@ -154,8 +155,9 @@ def _finished(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
     return metrics if isinstance(metrics, dict) else None
 
 
-def _claim_run_dir(out: Path, identity: dict[str, Any]) -> None:
-    """A run directory holds one run: resuming the same one is fine, another one is refused untouched."""
+def _claim_run_dir(out: Path, identity: dict[str, Any], workload_spec: str | None) -> None:
+    """A run directory holds one run: resuming the same one is fine, another one is refused untouched.
+    run.json keeps the spec the workload was built from (None: a Workload object with none), for `load_run`."""
     marker = out / "run.json"
     if marker.exists():
         held = read_run_marker(out)
@@ -168,7 +170,7 @@ def _claim_run_dir(out: Path, identity: dict[str, Any]) -> None:
     if out.exists() and any(out.iterdir()):
         raise TrainingError(f"{out} exists and is not a wattless run directory; choose an empty or new --out")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(marker, json.dumps({"identity": identity}))
+    atomic_write(marker, json.dumps({"identity": identity, "workload_spec": workload_spec}))
 
 
 def _ptq_int8(baseline: nn.Module, workload: Workload, samples: list[Any], fp32_metric: float, target: str,
@@ -221,7 +223,7 @@ def optimize(
     settings = _settings(wl, recipe)
     context = apply_context(wl, teacher, settings.epochs * max(1, -(-len(wl.train) // settings.batch_size)))
     check_recipe(recipe, baseline, context, where, labelled=wl.train.targets is not None)
-    _claim_run_dir(out, identity)
+    _claim_run_dir(out, identity, wl.spec)
     samples = eval_samples(wl, energy_inputs)
     student, techniques, energy, result = _train_student(
         wl, recipe, baseline, teacher, settings, context, samples, objective_target, out, progress,
@@ -375,16 +377,28 @@ def _training_record(result: Any) -> dict[str, Any]:
 
 
 def load_run(run_dir: str | Path, workload: str | Workload | None = None) -> tuple[nn.Module, Recipe, Workload]:
-    """Rebuild an optimized model from its run directory: baseline architecture + recipe + saved tensors."""
+    """Rebuild an optimized model from its run directory: baseline architecture + recipe + saved tensors. The
+    workload is the one run.json names (its spec) unless ``workload`` is given."""
     run_dir = Path(run_dir)
     recipe = load_recipe(run_dir / "recipe.toml")
-    if workload is None:
-        workload = read_run_marker(run_dir)["identity"].get("workload")
-        if not isinstance(workload, str):
-            raise DamagedFileError(f"{run_dir / 'run.json'} names no workload; pass the run's workload")
-    wl = get_workload(workload, seed=recipe.train.seed) if isinstance(workload, str) else workload
+    wl = _run_workload(run_dir, recipe) if workload is None else workload
+    wl = get_workload(wl, seed=recipe.train.seed) if isinstance(wl, str) else wl
     model = wl.build_model()
     context = apply_context(wl)
     apply_recipe(model, recipe, context)
     load_state(model, run_dir / "model.safetensors")
     return model.eval(), recipe, wl
+
+
+def _run_workload(run_dir: Path, recipe: Recipe) -> Workload:
+    """The workload run.json's spec rebuilds (its name, for runs made before the spec was kept)."""
+    held = read_run_marker(run_dir)
+    spec = held.get("workload_spec") or held["identity"].get("workload")
+    if not isinstance(spec, str):
+        raise DamagedFileError(f"{run_dir / 'run.json'} names no workload; pass the run's workload "
+                               f"(--workload SPEC, with SPEC {SPEC_FORMS})")
+    try:
+        return get_workload(spec, seed=recipe.train.seed)
+    except WorkloadError as exc:
+        raise WorkloadError(f"the run in {run_dir} cannot rebuild its workload from {spec!r} ({exc}); pass the "
+                            f"run's workload as --workload SPEC, with SPEC {SPEC_FORMS}") from exc
