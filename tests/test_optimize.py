@@ -176,3 +176,11 @@ def test_a_run_whose_workload_cannot_be_rebuilt_names_the_spec_and_the_option(tm
         load_run(tmp_path / "run")
     assert "--workload SPEC" in str(raised.value) and str(tmp_path / "gone.py:tiny") in str(raised.value)
     assert load_run(tmp_path / "run", SPEC)[2].name == "tiny"  # what the message says to do
+
+
+def test_macs_in_metrics_are_those_left_after_structured_pruning(tmp_path):
+    recipe = parse_recipe({"name": "halved", "train": {"epochs": 1},
+                           "prune": {"pattern": "structured", "sparsity": 0.5}})
+    metrics = optimize(SPEC, recipe, tmp_path / "run", progress=False, baselines=False)
+    assert metrics["dense_macs"] == pytest.approx(metrics["baseline_macs"])
+    assert metrics["macs"] < 0.8 * metrics["dense_macs"]

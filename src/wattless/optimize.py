@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from wattless.train import EnergyTerm, TrainSettings, load_state, save_state, tr
 from wattless.workloads import Workload, get_workload
 from wattless.workloads.user import SPEC_FORMS
 
-__all__ = ["optimize", "baseline_model", "load_run", "read_run_marker", "eval_samples", "energy_by_target", "cache_dir",
+__all__ = ["optimize", "baseline_model", "load_run", "read_run_marker", "eval_samples", "energy_by_target", "Priced", "cache_dir",
            "apply_context", "train_batches", "RunMetrics"]
 
 
@@ -98,15 +98,25 @@ def eval_samples(workload: Workload, n: int) -> list[Any]:
     return [workload.prepare_inputs(workload.test.take(slice(i, i + 1)).inputs) for i in range(n)]
 
 
-def energy_by_target(model: nn.Module, samples: list[Any]) -> tuple[dict[str, Any], float]:
-    """Estimated joules per inference on every built-in target, each input on its own hard path."""
+class Priced(NamedTuple):
+    """A model priced on every built-in target: ``estimates`` {target: {energy_j, latency_s, p50, p95}},
+    ``macs`` the mean MACs left after structured pruning (all-zero rows and columns removed) and
+    ``dense_macs`` the mean MACs of the dense layer shapes."""
+
+    estimates: dict[str, Any]
+    macs: float
+    dense_macs: float
+
+
+def energy_by_target(model: nn.Module, samples: list[Any]) -> Priced:
+    """Estimated joules per inference on every built-in target, each input on its hard path."""
     counts = count_each(model, samples)
     out = {}
     for name, target in builtin_targets().items():
         est = estimate(counts, target)
         out[name] = {"energy_j": est.energy_j, "latency_s": est.latency_s, "p50": est.energy_j_p50,
                      "p95": est.energy_j_p95}
-    return out, float(np.mean(counts.total("macs")))
+    return Priced(out, float(np.mean(counts.total("kept_macs"))), float(np.mean(counts.total("macs"))))
 
 
 def train_batches(workload: Workload) -> Callable[[], Iterator[tuple[Any, Any]]]:
@@ -230,14 +240,14 @@ def optimize(
         {**identity, "seed": recipe.train.seed}, on_epoch)
     target = objective_target.name
     metrics = wl.evaluate(student, wl.test)
-    hard, macs = energy_by_target(student, samples)
-    base_energy, base_macs = energy_by_target(baseline, samples)
+    hard, macs, dense_macs = energy_by_target(student, samples)
+    base_energy, base_macs, _ = energy_by_target(baseline, samples)
     save_state(student, out / "model.safetensors")
     save_recipe(recipe, out / "recipe.toml")
     report = RunMetrics(
         workload=wl.name, recipe=recipe.name, target=target, metric_name=wl.metric_name, metrics=metrics,
         baseline_metrics=base_metrics, estimates=hard, baseline_estimates=base_energy, macs=macs,
-        baseline_macs=base_macs,
+        dense_macs=dense_macs, baseline_macs=base_macs,
         objective=_objective_record(recipe, result, hard[target]["energy_j"], target) if energy is not None else None,
         techniques={t.name: t.report(student) for t in techniques}, training=_training_record(result),
         ptq_int8=_ptq_int8(baseline, wl, samples, base_metrics[wl.metric_name], target) if baselines else None,
@@ -330,7 +340,8 @@ class RunMetrics:
     baseline_metrics: dict[str, float]
     estimates: dict[str, dict[str, float]]
     baseline_estimates: dict[str, dict[str, float]]
-    macs: float
+    macs: float  # left after structured pruning, as the energy core counts them
+    dense_macs: float  # of the dense layer shapes, before pruning removed rows and columns
     baseline_macs: float
     objective: dict[str, Any] | None
     techniques: dict[str, Any]
@@ -350,7 +361,7 @@ class RunMetrics:
             "energy_distribution_j": {k: {"mean": v["energy_j"], "p50": v["p50"], "p95": v["p95"]}
                                       for k, v in hard.items()},
             "latency_s": {k: v["latency_s"] for k, v in hard.items()},
-            "macs": self.macs, "baseline_macs": self.baseline_macs,
+            "macs": self.macs, "dense_macs": self.dense_macs, "baseline_macs": self.baseline_macs,
             "objective": self.objective, "techniques": self.techniques, "training": self.training,
         }
         if self.ptq_int8 is not None:
