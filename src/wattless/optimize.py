@@ -56,6 +56,9 @@ def baseline_model(workload: Workload, *, progress: bool = True, cache: Path | N
     model = workload.build_model()
     if not workload.needs_training:
         return model, workload.evaluate(model, workload.test)
+    if workload.train.targets is None:
+        raise WorkloadError(f"workload {workload.name!r} has no labels, so its baseline cannot be trained: give "
+                            "a pretrained build_model and needs_training=False")
     settings = _settings(workload)
     # the workload's seed, not the training one: it chose the split and the initial weights
     depends = {**settings.__dict__, "threads": workload.train_threads, "workload_seed": workload.seed}
