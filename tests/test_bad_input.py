@@ -303,6 +303,26 @@ def test_markup_in_a_recipe_name_prints_after_a_finished_training(world, monkeyp
     assert "[/x] [distill]" in out
 
 
+def test_the_distill_section_an_unlabelled_workload_needs_is_named_in_the_error(world):
+    out = world.root / "unlabelled-run"
+    recipe = _recipe(world, "r-no-distill.toml", 'name = "no-distill"\n[train]\nepochs = 1\n')
+    code, _, err = run_cli("optimize", "-w", f"{TESTS / 'tiny_workload.py'}:unlabelled", "-r", recipe, "-o", str(out),
+                           "--no-progress")
+    assert_one_line_error(code, err, "add a [distill] section")
+    assert not out.exists()  # refused before the run directory is claimed
+
+
+def test_an_unlabelled_workload_whose_baseline_needs_training_says_so(tmp_path):
+    import dataclasses
+
+    from tests.tiny_workload import unlabelled
+    from wattless.errors import WorkloadError
+    from wattless.optimize import baseline_model
+
+    with pytest.raises(WorkloadError, match="has no labels, so its baseline cannot be trained"):
+        baseline_model(dataclasses.replace(unlabelled(), needs_training=True), progress=False, cache=tmp_path)
+
+
 def test_markup_in_a_workload_name_shows_in_the_progress_bar(capsys):
     import dataclasses
 

@@ -148,3 +148,39 @@ def test_each_workload_seed_caches_its_own_baseline(tmp_path):
         baseline_model(dataclasses.replace(tiny(), seed=seed), progress=False, cache=tmp_path)
     names = sorted(p.name for p in (tmp_path / "baselines").glob("*.safetensors"))
     assert len(names) == 2 and "-s0" in names[0] and "-s1" in names[1]
+
+
+def test_a_run_rebuilds_its_user_workload_from_the_spec_it_kept(tmp_path, monkeypatch):
+    from wattless.optimize import load_run
+
+    monkeypatch.chdir(Path(__file__).parent)
+    recipe = parse_recipe({"name": "one-epoch", "train": {"epochs": 1}})
+    optimize("tiny_workload.py:tiny", recipe, tmp_path / "run", progress=False, baselines=False)
+    held = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert held["workload_spec"] == f"{Path(__file__).parent / 'tiny_workload.py'}:tiny"
+    monkeypatch.chdir(tmp_path)  # the relative spec no longer resolves from here; the kept one does
+    model, _, wl = load_run(tmp_path / "run")
+    assert wl.name == "tiny" and wl.spec == held["workload_spec"]
+
+
+def test_a_run_whose_workload_cannot_be_rebuilt_names_the_spec_and_the_option(tmp_path):
+    from wattless.errors import WorkloadError
+    from wattless.optimize import load_run
+
+    recipe = parse_recipe({"name": "one-epoch", "train": {"epochs": 1}})
+    optimize(SPEC, recipe, tmp_path / "run", progress=False, baselines=False)
+    marker = tmp_path / "run" / "run.json"
+    held = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**held, "workload_spec": str(tmp_path / "gone.py:tiny")}))
+    with pytest.raises(WorkloadError) as raised:
+        load_run(tmp_path / "run")
+    assert "--workload SPEC" in str(raised.value) and str(tmp_path / "gone.py:tiny") in str(raised.value)
+    assert load_run(tmp_path / "run", SPEC)[2].name == "tiny"  # what the message says to do
+
+
+def test_macs_in_metrics_are_those_left_after_structured_pruning(tmp_path):
+    recipe = parse_recipe({"name": "halved", "train": {"epochs": 1},
+                           "prune": {"pattern": "structured", "sparsity": 0.5}})
+    metrics = optimize(SPEC, recipe, tmp_path / "run", progress=False, baselines=False)
+    assert metrics["dense_macs"] == pytest.approx(metrics["baseline_macs"])
+    assert metrics["macs"] < 0.8 * metrics["dense_macs"]

@@ -92,6 +92,38 @@ def test_space_draws_recipes_the_model_takes(tmp_path):
     assert {"moe", "early_exit", "prune", "quantize", "act_sparsity"} <= seen
 
 
+def _silu_tiny():
+    import dataclasses
+
+    from torch import nn
+
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(16, 64), nn.SiLU(), nn.Linear(64, 64), nn.SiLU(), nn.Linear(64, 4))
+
+    return dataclasses.replace(tiny(), build_model=build)
+
+
+@pytest.mark.parametrize("base", ["default", "seed"])
+def test_drawn_recipes_keep_the_models_activations_unless_asked(tmp_path, base):
+    from torch import nn
+
+    from wattless.recipe import apply_recipe
+    from wattless.search.seeds import default_base
+
+    wl, target = _silu_tiny(), resolve_target("mobile-npu")
+    recipe = default_base(target.name) if base == "default" else load_recipe(seed_file(tmp_path))
+    for space_config, relufied in ((SearchSpace(), False), (SearchSpace(relufy=True), True)):
+        space = RecipeSpace.build(space_config, recipe, wl, target)
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1))
+        for _ in range(3):
+            drawn = space(study.ask())
+            model = wl.build_model()
+            apply_recipe(model, drawn, _context(wl))
+            kinds = {type(m) for m in model.modules()}
+            assert (nn.SiLU not in kinds) == relufied, (space_config, drawn.act_sparsity)
+
+
 def _context(wl):
     from wattless.search.space import structure_context as _structure_context
 

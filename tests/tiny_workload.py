@@ -29,3 +29,20 @@ def tiny() -> Workload:
         example_input=lambda n: train.inputs[:n], evaluate=classification_evaluate(256), needs_training=True,
         default_epochs=4, batch_size=64, default_lr=1e-2,
     )
+
+
+def _mean_output(model: nn.Module, split: Split) -> dict[str, float]:
+    with torch.no_grad():
+        return {"mean_output": float(model.eval()(split.inputs).mean())}
+
+
+def unlabelled() -> Workload:
+    """The tiny workload without labels: a pretrained (here: untrained) baseline that only distillation can
+    compress."""
+    wl = tiny()
+    splits = {name: Split(getattr(wl, name).inputs) for name in ("train", "val", "test")}
+    return Workload(
+        name="tiny-unlabelled", metric_name="mean_output", build_model=build, **splits,
+        example_input=lambda n: splits["train"].inputs[:n], evaluate=_mean_output, needs_training=False,
+        default_epochs=1, batch_size=64,
+    )

@@ -315,7 +315,7 @@ def _row(baseline: Baseline, make: _Maker, samples: list[Any]) -> dict[str, Any]
     built = baseline.build(make)
     metrics = make.metric(built.module)
     priced = baseline.priced_as.apply(make.model)
-    energy, macs = energy_by_target(priced, samples)
+    energy, macs, _ = energy_by_target(priced, samples)
     return {"metric": metrics[make.workload.metric_name], "metrics": metrics,
             "energy_j": {k: v["energy_j"] for k, v in energy.items()},
             "latency_s": {k: v["latency_s"] for k, v in energy.items()},

@@ -7,36 +7,35 @@ import copy
 import hashlib
 import json
 import os
+import re
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from wattless.files import atomic_write, check_output_dir, json_safe
+from wattless.fingerprint import baseline_key
 from wattless.energy import Target, builtin_targets, count_each, estimate, resolve_target
-from wattless.errors import DamagedFileError, TrainingError
+from wattless.errors import DamagedFileError, TrainingError, WorkloadError
 from wattless.recipe import Recipe, apply_recipe, check_recipe, load_recipe, save_recipe
 from wattless.techniques.base import ApplyContext
 from wattless.train import EnergyTerm, TrainSettings, load_state, save_state, steps_per_epoch, train
 from wattless.workloads import Workload, get_workload
+from wattless.workloads.user import SPEC_FORMS
 
-__all__ = ["optimize", "baseline_model", "load_run", "read_run_marker", "eval_samples", "energy_by_target", "cache_dir",
+__all__ = ["optimize", "baseline_model", "load_run", "read_run_marker", "eval_samples", "energy_by_target", "Priced", "cache_dir",
            "apply_context", "train_batches", "RunMetrics"]
 
 
 def cache_dir() -> Path:
     """Where trained baselines are cached: $WATTLESS_CACHE, else ~/.cache/wattless."""
     return Path(os.environ.get("WATTLESS_CACHE", Path.home() / ".cache" / "wattless"))
-
-
-def _arch_key(model: nn.Module) -> str:
-    shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
-    return hashlib.sha256(shapes.encode()).hexdigest()[:12]
 
 
 def _settings(workload: Workload, recipe: Recipe | None = None) -> TrainSettings:
@@ -51,28 +50,49 @@ def _settings(workload: Workload, recipe: Recipe | None = None) -> TrainSettings
 
 
 def baseline_model(workload: Workload, *, progress: bool = True, cache: Path | None = None) -> tuple[nn.Module, dict]:
-    """The trained dense fp32 baseline and its metrics on the test split, cached across runs."""
+    """The trained dense fp32 baseline and its metrics on the test split, cached across runs under a key of
+    everything it depends on (`wattless.fingerprint.baseline_key`: the data, the model's code and initial
+    weights, the training settings). A workload whose data has no reliable digest is trained every time."""
     model = workload.build_model()
     if not workload.needs_training:
         return model, workload.evaluate(model, workload.test)
+    if workload.train.targets is None:
+        raise WorkloadError(f"workload {workload.name!r} has no labels, so its baseline cannot be trained: give "
+                            "a pretrained build_model and needs_training=False")
     settings = _settings(workload)
-    folder = (cache or cache_dir()) / "baselines"
-    threads = f"-t{workload.train_threads}" if workload.train_threads else ""
     # the workload's seed, not the training one: it chose the split and the initial weights
-    stem = f"{workload.name}-{_arch_key(model)}-e{settings.epochs}-s{workload.seed}{threads}"
+    depends = {**settings.__dict__, "threads": workload.train_threads, "workload_seed": workload.seed}
+    key = baseline_key(workload, model, depends)
+    if key is None:
+        warnings.warn(f"the baseline of workload {workload.name!r} is not cached: its splits are not tensors or "
+                      "lists of strings, so no digest of its data is reliable; it is trained on every run",
+                      RuntimeWarning, stacklevel=2)
+        return _train_baseline(model, workload, settings, progress)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", workload.name)[:64]
+    stem = f"{name}-e{settings.epochs}-s{workload.seed}-{digest}"
+    folder = (cache or cache_dir()) / "baselines"
     weights, info = folder / f"{stem}.safetensors", folder / f"{stem}.json"
     if weights.exists() and info.exists():
         try:
-            load_state(model, weights)
-            return model, json.loads(info.read_text())["metrics"]
-        except (DamagedFileError, RuntimeError, OSError, ValueError, KeyError):
-            model = workload.build_model()  # a stale or damaged cache entry is retrained, not trusted
-    train(model, workload, settings, progress=progress)
-    metrics = workload.evaluate(model, workload.test)
+            held = json.loads(info.read_text())
+            if held.get("key") == key:
+                load_state(model, weights)
+                return model, held["metrics"]
+        except (DamagedFileError, RuntimeError, OSError, ValueError, KeyError, AttributeError):
+            pass
+        model = workload.build_model()  # a stale or damaged cache entry is retrained, not trusted
+    model, metrics = _train_baseline(model, workload, settings, progress)
     folder.mkdir(parents=True, exist_ok=True)
     save_state(model, weights)
-    atomic_write(info, json.dumps({"metrics": metrics, "settings": settings.__dict__}))
+    atomic_write(info, json.dumps({"metrics": metrics, "settings": settings.__dict__, "key": key}))
     return model, metrics
+
+
+def _train_baseline(model: nn.Module, workload: Workload, settings: TrainSettings,
+                    progress: bool) -> tuple[nn.Module, dict]:
+    train(model, workload, settings, progress=progress)
+    return model, workload.evaluate(model, workload.test)
 
 
 def eval_samples(workload: Workload, n: int) -> list[Any]:
@@ -81,15 +101,25 @@ def eval_samples(workload: Workload, n: int) -> list[Any]:
     return [workload.prepare_inputs(workload.test.take(slice(i, i + 1)).inputs) for i in range(n)]
 
 
-def energy_by_target(model: nn.Module, samples: list[Any]) -> tuple[dict[str, Any], float]:
-    """Estimated joules per inference on every built-in target, each input on its own hard path."""
+class Priced(NamedTuple):
+    """A model priced on every built-in target: ``estimates`` {target: {energy_j, latency_s, p50, p95}},
+    ``macs`` the mean MACs left after structured pruning (all-zero rows and columns removed) and
+    ``dense_macs`` the mean MACs of the dense layer shapes."""
+
+    estimates: dict[str, Any]
+    macs: float
+    dense_macs: float
+
+
+def energy_by_target(model: nn.Module, samples: list[Any]) -> Priced:
+    """Estimated joules per inference on every built-in target, each input on its hard path."""
     counts = count_each(model, samples)
     out = {}
     for name, target in builtin_targets().items():
         est = estimate(counts, target)
         out[name] = {"energy_j": est.energy_j, "latency_s": est.latency_s, "p50": est.energy_j_p50,
                      "p95": est.energy_j_p95}
-    return out, float(np.mean(counts.total("macs")))
+    return Priced(out, float(np.mean(counts.total("kept_macs"))), float(np.mean(counts.total("macs"))))
 
 
 def train_batches(workload: Workload) -> Callable[[], Iterator[tuple[Any, Any]]]:
@@ -138,8 +168,9 @@ def _finished(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
     return metrics if isinstance(metrics, dict) else None
 
 
-def _claim_run_dir(out: Path, identity: dict[str, Any]) -> None:
-    """A run directory holds one run: resuming the same one is fine, another one is refused untouched."""
+def _claim_run_dir(out: Path, identity: dict[str, Any], workload_spec: str | None) -> None:
+    """A run directory holds one run: resuming the same one is fine, another one is refused untouched.
+    run.json keeps the spec the workload was built from (None: a Workload object with none), for `load_run`."""
     marker = out / "run.json"
     if marker.exists():
         held = read_run_marker(out)
@@ -152,7 +183,7 @@ def _claim_run_dir(out: Path, identity: dict[str, Any]) -> None:
     if out.exists() and any(out.iterdir()):
         raise TrainingError(f"{out} exists and is not a wattless run directory; choose an empty or new --out")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(marker, json.dumps({"identity": identity}))
+    atomic_write(marker, json.dumps({"identity": identity, "workload_spec": workload_spec}))
 
 
 def _ptq_int8(baseline: nn.Module, workload: Workload, samples: list[Any], fp32_metric: float, target: str,
@@ -205,21 +236,21 @@ def optimize(
     settings = _settings(wl, recipe)
     context = apply_context(wl, teacher, settings.epochs * steps_per_epoch(wl.train, settings.batch_size))
     check_recipe(recipe, baseline, context, where, labelled=wl.train.labelled)
-    _claim_run_dir(out, identity)
+    _claim_run_dir(out, identity, wl.spec)
     samples = eval_samples(wl, energy_inputs)
     student, techniques, energy, result = _train_student(
         wl, recipe, baseline, teacher, settings, context, samples, objective_target, out, progress,
         {**identity, "seed": recipe.train.seed}, on_epoch)
     target = objective_target.name
     metrics = wl.evaluate(student, wl.test)
-    hard, macs = energy_by_target(student, samples)
-    base_energy, base_macs = energy_by_target(baseline, samples)
+    hard, macs, dense_macs = energy_by_target(student, samples)
+    base_energy, base_macs, _ = energy_by_target(baseline, samples)
     save_state(student, out / "model.safetensors")
     save_recipe(recipe, out / "recipe.toml")
     report = RunMetrics(
         workload=wl.name, recipe=recipe.name, target=target, metric_name=wl.metric_name, metrics=metrics,
         baseline_metrics=base_metrics, estimates=hard, baseline_estimates=base_energy, macs=macs,
-        baseline_macs=base_macs,
+        dense_macs=dense_macs, baseline_macs=base_macs,
         objective=_objective_record(recipe, result, hard[target]["energy_j"], target) if energy is not None else None,
         techniques={t.name: t.report(student) for t in techniques}, training=_training_record(result),
         ptq_int8=_ptq_int8(baseline, wl, samples, base_metrics[wl.metric_name], target) if baselines else None,
@@ -312,7 +343,8 @@ class RunMetrics:
     baseline_metrics: dict[str, float]
     estimates: dict[str, dict[str, float]]
     baseline_estimates: dict[str, dict[str, float]]
-    macs: float
+    macs: float  # left after structured pruning, as the energy core counts them
+    dense_macs: float  # of the dense layer shapes, before pruning removed rows and columns
     baseline_macs: float
     objective: dict[str, Any] | None
     techniques: dict[str, Any]
@@ -332,7 +364,7 @@ class RunMetrics:
             "energy_distribution_j": {k: {"mean": v["energy_j"], "p50": v["p50"], "p95": v["p95"]}
                                       for k, v in hard.items()},
             "latency_s": {k: v["latency_s"] for k, v in hard.items()},
-            "macs": self.macs, "baseline_macs": self.baseline_macs,
+            "macs": self.macs, "dense_macs": self.dense_macs, "baseline_macs": self.baseline_macs,
             "objective": self.objective, "techniques": self.techniques, "training": self.training,
         }
         if self.ptq_int8 is not None:
@@ -359,16 +391,28 @@ def _training_record(result: Any) -> dict[str, Any]:
 
 
 def load_run(run_dir: str | Path, workload: str | Workload | None = None) -> tuple[nn.Module, Recipe, Workload]:
-    """Rebuild an optimized model from its run directory: baseline architecture + recipe + saved tensors."""
+    """Rebuild an optimized model from its run directory: baseline architecture + recipe + saved tensors. The
+    workload is the one run.json names (its spec) unless ``workload`` is given."""
     run_dir = Path(run_dir)
     recipe = load_recipe(run_dir / "recipe.toml")
-    if workload is None:
-        workload = read_run_marker(run_dir)["identity"].get("workload")
-        if not isinstance(workload, str):
-            raise DamagedFileError(f"{run_dir / 'run.json'} names no workload; pass the run's workload")
-    wl = get_workload(workload, seed=recipe.train.seed) if isinstance(workload, str) else workload
+    wl = _run_workload(run_dir, recipe) if workload is None else workload
+    wl = get_workload(wl, seed=recipe.train.seed) if isinstance(wl, str) else wl
     model = wl.build_model()
     context = apply_context(wl)
     apply_recipe(model, recipe, context)
     load_state(model, run_dir / "model.safetensors")
     return model.eval(), recipe, wl
+
+
+def _run_workload(run_dir: Path, recipe: Recipe) -> Workload:
+    """The workload run.json's spec rebuilds (its name, for runs made before the spec was kept)."""
+    held = read_run_marker(run_dir)
+    spec = held.get("workload_spec") or held["identity"].get("workload")
+    if not isinstance(spec, str):
+        raise DamagedFileError(f"{run_dir / 'run.json'} names no workload; pass the run's workload "
+                               f"(--workload SPEC, with SPEC {SPEC_FORMS})")
+    try:
+        return get_workload(spec, seed=recipe.train.seed)
+    except WorkloadError as exc:
+        raise WorkloadError(f"the run in {run_dir} cannot rebuild its workload from {spec!r} ({exc}); pass the "
+                            f"run's workload as --workload SPEC, with SPEC {SPEC_FORMS}") from exc

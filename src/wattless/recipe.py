@@ -131,6 +131,9 @@ def check_recipe(recipe: Recipe, model: nn.Module, context: ApplyContext, where:
     """Fail before training if the recipe cannot apply to this model; the model itself is not touched."""
     if recipe.early_exit is not None and not labelled:
         raise RecipeError(f"recipe {where}: key `early_exit`: exits need a labelled workload (a classifier)")
+    if recipe.distill is None and not labelled:
+        raise RecipeError(f"recipe {where}: the workload has no labels, so the student can only learn from the "
+                          "baseline: add a [distill] section")
     trial = copy.deepcopy(model)
     for config in recipe.techniques():
         section = config.kind

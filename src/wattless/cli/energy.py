@@ -132,7 +132,7 @@ def _decode_table(out: dict) -> Table:
         table.add_column(col, justify="right")
     for t in dec["energy_j"]:
         tps = dec["tokens_per_s"][t]
-        table.add_row(t, format_joules(pre["energy_j"][t]), format_seconds(pre["latency_s"][t]),
+        table.add_row(Text(t), format_joules(pre["energy_j"][t]), format_seconds(pre["latency_s"][t]),
                       format_joules(dec["energy_j"][t]), format_seconds(dec["latency_s"][t]),
                       f"{tps:.3g}" if tps else "-", format_joules(req["energy_j"][t]))
     return table
@@ -162,7 +162,7 @@ def models() -> None:
     from wattless.models import BUILTIN_MODELS
 
     for name, (_, text) in BUILTIN_MODELS.items():
-        console.print(f"[bold]{name}[/]: {text}", highlight=False)
+        console.print(f"[bold]{escape(name)}[/]: {escape(text)}", highlight=False)
 
 
 def calibrate(
@@ -220,7 +220,7 @@ def _calibration_point(i: int, row: dict, measurements: Path):
 
 
 def _calibration_table(result, base) -> Table:
-    table = Table(title=f"calibrated {base.name} -> {result.target.name}")
+    table = Table(title=Text(f"calibrated {base.name} -> {result.target.name}"))
     for col in ("coefficient", "base", "fitted"):
         table.add_column(col)
     for k, v in result.fitted.items():

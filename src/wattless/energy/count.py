@@ -113,6 +113,11 @@ class UnitCount:
         return self._sum("macs")
 
     @property
+    def kept_macs(self) -> float:
+        """MACs left once all-zero weight rows and columns (structured pruning) are removed."""
+        return self._sum("macs_kept")
+
+    @property
     def effective_macs(self) -> float:
         """MACs with both a non-zero weight and a non-zero input activation."""
         return self._sum("macs_nz_both")
@@ -126,7 +131,7 @@ class UnitCount:
             "calls": self.calls,
             "params": self.params,
             "macs": macs,
-            "kept_macs": self._sum("macs_kept"),
+            "kept_macs": self.kept_macs,
             "effective_macs": self.effective_macs,
             "weight_density": self._sum("macs_nz_weight") / macs if macs else 1.0,
             "act_density": self._sum("macs_nz_act") / self._sum("macs_kept") if macs else 1.0,

@@ -33,8 +33,9 @@ def default_seeds(workload: str, target: str) -> list[Recipe]:
 
 
 def default_base(target: str) -> Recipe:
+    """The base a search without seeds draws around; it keeps the model's activations (no ReLU-fication)."""
     return parse_recipe({"name": "search-base", "target": target, "objective": {"energy_weight": 0.2}, "distill": {},
-                         "quantize": {"weight_bits": 8, "act_bits": 8}, "act_sparsity": {"l1": 1e-5}})
+                         "quantize": {"weight_bits": 8, "act_bits": 8}, "act_sparsity": {"l1": 1e-5, "relufy": False}})
 
 
 def for_target(recipe: Recipe, target: str) -> Recipe:

@@ -43,6 +43,9 @@ class SearchSpace(BaseModel):
     experts: tuple[int, ...] = (2, 4, 8)
     top_k: tuple[int, ...] = (1, 2)
     neighbours: int = Field(6, ge=0, description="one-step variations of the first seed tried right after it")
+    relufy: bool = Field(False, description="drawn recipes replace smooth activations (GELU, SiLU, ...) by ReLU, "
+                         "which changes the architecture; off unless asked for here or by the base recipe's own "
+                         "act_sparsity.relufy = true")
 
 
 def _mac_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -115,9 +118,16 @@ def _dims(config: SearchSpace, base: Recipe, workload: Workload, target: Target)
         if find_mlp_blocks(model) else None,
         "exit": {"after": exits, "drop": list(config.exit_drop)} if exits else None,
         "act_l1": list(config.act_l1) if target.sparsity.skips_zero_activations or target.events else None,
+        "relufy": config.relufy or _asks_relufy(base),
         "bits": {"groups": _layer_groups(model), "weight": sorted(config.weight_bits),
                  "act": sorted(config.act_bits)},
     }
+
+
+def _asks_relufy(recipe: Recipe) -> bool:
+    """Whether the recipe itself sets act_sparsity.relufy = true (not merely leaves it at its default)."""
+    act = recipe.act_sparsity
+    return act is not None and "relufy" in act.model_fields_set and act.relufy
 
 
 class RecipeSpace:
@@ -191,9 +201,10 @@ class RecipeSpace:
 
     def _act(self, trial: optuna.Trial) -> dict[str, Any] | None:
         base = self.base.act_sparsity.model_dump(mode="json") if self.base.act_sparsity else {}
+        relufy = self.dims.get("relufy", True)  # a study stored before the choice was draws as it did then
         if self.dims["act_l1"] is None:
-            return base or None
-        return {**base, "l1": trial.suggest_float("act_l1", *self.dims["act_l1"], log=True)}
+            return {**base, "relufy": relufy} if base else None
+        return {**base, "l1": trial.suggest_float("act_l1", *self.dims["act_l1"], log=True), "relufy": relufy}
 
     def _quant(self, trial: optuna.Trial, moe: dict | None, exit_: dict | None) -> dict[str, Any]:
         d = self.dims["bits"]

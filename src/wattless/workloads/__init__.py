@@ -49,7 +49,9 @@ def list_workloads() -> list[str]:
 def get_workload(name: str, *, seed: int = 0) -> Workload:
     """A built-in workload by name, or a user workload from a spec (its factory takes no seed)."""
     if name in _BUILT_IN:
-        return _BUILT_IN[name](seed)
+        workload = _BUILT_IN[name](seed)
+        workload.spec = name
+        return workload
     if is_workload_spec(name):
         return load_workload_spec(name)
     raise WorkloadError(

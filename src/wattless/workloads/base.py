@@ -85,6 +85,7 @@ class Workload:
     # its baseline and recipes the same on every machine.
     train_threads: int | None = None
     seed: int = 0  # what chose the data split and the baseline's initial weights (part of the baseline cache key)
+    spec: str | None = None  # what `get_workload` rebuilds it from (a built-in name or a spec); kept in run.json
 
     def __post_init__(self) -> None:
         if not self.metric_name:

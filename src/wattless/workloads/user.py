@@ -13,7 +13,7 @@ from wattless.files import import_python_file
 from wattless.errors import WorkloadError
 from wattless.workloads.base import Workload
 
-__all__ = ["load_workload_spec", "is_workload_spec", "SPEC_FORMS"]
+__all__ = ["load_workload_spec", "is_workload_spec", "absolute_spec", "SPEC_FORMS"]
 
 SPEC_FORMS = "'path/to/file.py:factory' or 'package.module:factory'"
 
@@ -78,4 +78,13 @@ def load_workload_spec(spec: str) -> Workload:
             f"workload factory {spec!r} returned type {type(workload).__name__}, expected "
             "wattless.workloads.Workload"
         )
+    workload.spec = absolute_spec(spec)
     return workload
+
+
+def absolute_spec(spec: str) -> str:
+    """The spec with a file source made absolute, so that it rebuilds the workload from any folder."""
+    source, _, factory = spec.rpartition(":")
+    if not _is_file(source):
+        return spec
+    return f"{Path(source).expanduser().resolve()}:{factory}"
