@@ -12,6 +12,7 @@ from typing import Any
 from wattless import baselines as bl
 from wattless.energy import Target, count_each, resolve_target
 from wattless.errors import SearchError
+from wattless.fingerprint import split_digest
 from wattless.optimize import baseline_model, eval_samples
 from wattless.search.results import breakdown, write_json
 from wattless.workloads import Workload, get_workload
@@ -46,14 +47,15 @@ def cached_baselines(out: Path, wl: Workload, target: Target, names: Sequence[st
                      cache: Path | None, on_step: Callable[[str], None] | None) -> dict[str, dict[str, Any]]:
     """OUT/baselines.json, computed once per folder (a lock keeps two workers sharing a folder from both
     computing it)."""
+    data = [split_digest(getattr(wl, split)) for split in ("train", "val", "test")]
     key = {"workload": wl.name, "target": target.name, "names": list(names), "energy_inputs": energy_inputs,
-           "revision": bl.REVISION}
+           "revision": bl.REVISION, "data": data}
     path = out / "baselines.json"
     with open(out / ".baselines.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.exists():
             held = json.loads(path.read_text())
-            if held.get("key") == key:
+            if held.get("key") == key and None not in data:  # data with no reliable digest: computed anew
                 return held["baselines"]
         rows = compute_baselines(wl, target, out=out, names=names, energy_inputs=energy_inputs, cache=cache,
                                  on_step=on_step)
