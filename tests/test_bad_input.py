@@ -399,7 +399,7 @@ def test_bench_checks_its_json_path_before_timing(monkeypatch, tmp_path):
     from wattless import bench as bench_module
     from wattless.errors import BenchError
 
-    monkeypatch.setattr(bench_module, "_run_worker", lambda *a, **k: pytest.fail("timed before checking --json"))
+    monkeypatch.setattr(bench_module.run, "run_worker", lambda *a, **k: pytest.fail("timed before checking --json"))
     with pytest.raises(BenchError, match="is a directory"):
         bench_module.bench(SPEC, json_path=tmp_path)
 
