@@ -31,3 +31,16 @@ from wattless.export.report import ExportReport, Parity, Tolerance
 from wattless.export.write import FORMAT, OPSET, export_model, export_run
 
 __all__ = ["export_run", "export_model", "ExportReport", "Parity", "Tolerance", "FORMAT", "OPSET"]
+
+
+class _Package(__import__("types").ModuleType):
+    """``wattless.export(model, example_inputs, path)`` calls wattless.api.export while the package keeps its
+    modules (a function bound to the name would hide ``wattless.export.parity`` and the rest)."""
+
+    def __call__(self, *args, **kwargs):
+        from wattless.api import export
+
+        return export(*args, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _Package
