@@ -26,6 +26,9 @@ Every export ends with a parity check against the PyTorch model (outputs and the
 eval split); the file appears at ``out`` only when it passes, written atomically.
 """
 
+import sys
+import types
+
 from wattless.export import exits, moe  # noqa: F401  (register the translations of ExitHead and MoEMLP)
 from wattless.export.report import ExportReport, Parity, Tolerance
 from wattless.export.write import FORMAT, OPSET, export_model, export_run
@@ -33,7 +36,7 @@ from wattless.export.write import FORMAT, OPSET, export_model, export_run
 __all__ = ["export_run", "export_model", "ExportReport", "Parity", "Tolerance", "FORMAT", "OPSET"]
 
 
-class _Package(__import__("types").ModuleType):
+class _Package(types.ModuleType):
     """``wattless.export(model, example_inputs, path)`` calls wattless.api.export while the package keeps its
     modules (a function bound to the name would hide ``wattless.export.parity`` and the rest)."""
 
@@ -43,4 +46,4 @@ class _Package(__import__("types").ModuleType):
         return export(*args, **kwargs)
 
 
-__import__("sys").modules[__name__].__class__ = _Package
+sys.modules[__name__].__class__ = _Package
