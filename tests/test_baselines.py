@@ -8,7 +8,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 
 from wattless import baselines as bl
 
@@ -17,14 +16,7 @@ from tests.tiny_workload import tiny
 SPEC = f"{Path(__file__).parent / 'tiny_workload.py'}:tiny"
 
 
-@pytest.fixture(autouse=True)
-def _cache_and_threads(tmp_path, monkeypatch):
-    monkeypatch.setenv("WATTLESS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("fresh_cache_one_thread")
 
 
 def test_bench_and_search_give_each_baseline_the_same_metric_and_joules(tmp_path):

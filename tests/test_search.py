@@ -34,16 +34,7 @@ CLI = ("from wattless import cli\nfrom wattless.cli.search import register\n"
        "if 'search' not in {c.name for c in cli.app.registered_commands}:\n    register(cli.app)\ncli.main()\n")
 
 
-@pytest.fixture(autouse=True)
-def _cache_and_threads(tmp_path, monkeypatch):
-    """A fresh baseline cache per test; one torch thread per process (tests run two at a time, and a tiny
-    model gains nothing from more), in this process and in the searches it starts."""
-    monkeypatch.setenv("WATTLESS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("fresh_cache_one_thread")
 
 
 def seed_file(tmp_path: Path, epochs: int = 4) -> Path:
