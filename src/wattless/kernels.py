@@ -168,7 +168,7 @@ def _rewrite(model: Any, want: str) -> int:
     inits = _initializers(model.graph)
     other_uses = {i for node in _walk(model.graph) for k, i in enumerate(node.input)
                   if node.op_type not in _WEIGHT_INPUTS or k != _WEIGHT_INPUTS[node.op_type][1]}
-    changed, done = 0, {}
+    changed, done = 0, set()
     for node, w in _weight_nodes(model):
         spec = _WEIGHT_INPUTS[node.op_type]
         name = node.input[spec[1]]
@@ -176,19 +176,18 @@ def _rewrite(model: Any, want: str) -> int:
         if name in other_uses or (zp_name and zp_name not in inits):
             continue
         zp = numpy_helper.to_array(inits[zp_name]) if zp_name else np.zeros((), w.dtype)
-        if name not in done:  # a small weight can be one initializer shared by several layers
+        zp_new = f"{name}.zero_point"
+        if name not in done:  # a small weight can be one initializer shared by several layers: once
             form = _new_form(node, w, zp, want)
             if form is None:
                 continue
-            done[name] = form
-        weights, zero = done[name]
-        inits[name].CopyFrom(numpy_helper.from_array(weights, name))
-        zp_new = f"{name}.zero_point"
-        if zp_new in inits:
-            inits[zp_new].CopyFrom(numpy_helper.from_array(zero, zp_new))
-        else:
-            model.graph.initializer.append(numpy_helper.from_array(zero, zp_new))
-            inits[zp_new] = model.graph.initializer[-1]
+            done.add(name)
+            inits[name].CopyFrom(numpy_helper.from_array(form[0], name))
+            if zp_new in inits:
+                inits[zp_new].CopyFrom(numpy_helper.from_array(form[1], zp_new))
+            else:
+                model.graph.initializer.append(numpy_helper.from_array(form[1], zp_new))
+                inits[zp_new] = model.graph.initializer[-1]
         while len(node.input) <= spec[2]:
             node.input.append("")
         node.input[spec[2]] = zp_new

@@ -117,8 +117,10 @@ def _own_file(prepared: Prepared, wl: Any, plan: Plan, work: Path, run: Path | N
 
 
 def _kernel_notes(path: Path) -> dict[str, str]:
-    """What form the integer products of the wattless rows run in (wattless.kernels)."""
-    from wattless.runtime import load
+    """What form the integer products of the wattless rows run in (wattless.kernels; no session started)."""
+    import onnx
 
-    return {"wattless": f"integer products: {load(path).kernels.note}",
+    from wattless.kernels import for_this_cpu
+
+    return {"wattless": f"integer products: {for_this_cpu(onnx.load(str(path)), path).note}",
             AS_WRITTEN: "the file as written, in plain ONNX Runtime (integer products in its stored form)"}

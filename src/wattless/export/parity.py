@@ -16,23 +16,21 @@ __all__ = ["Session", "check_classifier", "check_encoder", "check_forms", "encod
 
 
 class Session(nn.Module):
-    """An exported classifier behind a module forward, for the workload's evaluate."""
+    """An exported classifier behind a module forward, for the workload's evaluate: a file, or a runtime
+    already loaded (wattless.runtime.ExportedModel)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, runtime: Any) -> None:
         super().__init__()
         from wattless.runtime import load
 
-        self.runtime = load(path)
+        self.runtime = load(runtime) if isinstance(runtime, (str, Path)) else runtime
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.runtime.run(x.detach().cpu().numpy()).outputs)
 
 
-def _run_both(model: nn.Module, path: Path, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+def _run_both(model: nn.Module, runtime: Any, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """(PyTorch outputs, ONNX outputs, per batch: whether each input took the same exit) on x."""
-    from wattless.runtime import load
-
-    runtime = load(path)
     ref, got, agree = [], [], []
     with torch.no_grad():
         for i in range(0, len(x), 256):
@@ -47,12 +45,15 @@ def _run_both(model: nn.Module, path: Path, x: torch.Tensor) -> tuple[np.ndarray
 
 def check_classifier(model: nn.Module, path: Path, workload: Any, tol: Tolerance,
                      requantized: bool = False) -> Parity:
-    ref, got, agree = _run_both(model, path, workload.test.inputs)
+    from wattless.runtime import load
+
+    runtime = load(path)
+    ref, got, agree = _run_both(model, runtime, workload.test.inputs)
     diff = np.abs(ref - got).reshape(len(ref), -1).max(1)
     bound = tol.atol + tol.rtol * np.abs(ref).reshape(len(ref), -1).max(1)
     name = workload.metric_name
     metric_torch = workload.evaluate(model, workload.test)[name]
-    metric_onnx = workload.evaluate(Session(path), workload.test)[name]
+    metric_onnx = workload.evaluate(Session(runtime), workload.test)[name]
     within = float((diff <= bound).mean())
     same = float((ref.argmax(-1) == got.argmax(-1)).mean())
     passed = ((within >= tol.min_within or requantized) and same >= tol.min_agree
@@ -79,16 +80,16 @@ def check_encoder(model: nn.Module, path: Path, workload: Any, tol: Tolerance,
     return Parity(passed, len(cos), within, float(1 - cos.min()), name, float(metric_torch), float(metric_onnx), tol)
 
 
-def check_forms(path: Path, workload: Any, kind: str) -> None:
-    """Where the runtime turned the file's u8 weights to s8 for this CPU, both forms must give the same
+def check_forms(path: Path, workload: Any, meta: dict[str, Any]) -> None:
+    """Where the runtime turns the file's u8 weights to s8 for this CPU, both forms must give the same
     outputs bit for bit (their int32 accumulators are equal), so the file as written is checked too."""
+    from wattless.kernels import u8s8_exact
     from wattless.runtime import load
 
-    fast = load(path)
-    if not fast.kernels or not fast.kernels.converted:
-        return
-    written = load(path, kernels="as-written")
-    if kind == "sentence-encoder":
+    if not (meta["integer_products"].get("u8") and u8s8_exact()):
+        return  # the runtime runs the file as written: the parity check ran that form
+    fast, written = load(path), load(path, kernels="as-written")
+    if meta["kind"] == "sentence-encoder":
         sentences = list(workload.test.inputs)[:16]
         a, b = fast.embed(sentences), written.embed(sentences)
     else:

@@ -101,7 +101,7 @@ def _check(model: nn.Module, tmp: Path, wl: Any, tol: Tolerance, meta: dict[str,
                           "Compare the run's metrics.json with the model, or loosen the Tolerance if the "
                           "difference is expected")
     if result.passed:
-        parity.check_forms(tmp, wl, meta["kind"])
+        parity.check_forms(tmp, wl, meta)
         _set_meta(tmp, {"parity": result.to_json()})
     return result
 
