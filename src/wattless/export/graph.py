@@ -11,9 +11,10 @@ if TYPE_CHECKING:
     from wattless.export.cut import Keep
 
 __all__ = ["Graph", "Ctx", "value", "to_numpy", "inputs_deep", "all_nodes", "route_outputs", "MS", "F32", "I64",
-           "U8", "I8"]
+           "U8", "I8", "OPSET"]
 
 MS = "com.microsoft"
+OPSET = 18  # the ONNX opset every export writes
 F32, I64, U8, I8 = np.float32, np.int64, np.uint8, np.int8
 
 
@@ -75,6 +76,8 @@ class Ctx:
         self.names: dict[int, str] = {}
         self.routes: dict[str, tuple[str, int]] = {}  # MoE block -> (output name, experts)
         self.ranks: dict[int, int] = {}  # module -> rank of its input
+        self.examples: dict[int, torch.Tensor] = {}  # module -> its first input on the example forward
+        self.shapes: dict[int, tuple] = {}  # module -> (input shape, output shape, output dtype) there
 
 
 def value(name: str, elem: int, shape: list[Any] | None = None) -> Any:

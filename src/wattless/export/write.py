@@ -19,8 +19,8 @@ from torch.nn.utils import parametrize
 from wattless.errors import ExportError, ParityError
 from wattless.export import parity
 from wattless.export.bert import build_bert, is_bert
-from wattless.export.classifier import build_classifier
-from wattless.export.graph import MS, Ctx, all_nodes, inputs_deep, to_numpy
+from wattless.export.classifier import build_classifier, logits_only
+from wattless.export.graph import MS, OPSET, Ctx, all_nodes, inputs_deep, to_numpy
 from wattless.export.report import ExportReport, Parity, Tolerance
 from wattless.kernels import INT8_KERNELS, integer_products, to_portable
 from wattless.techniques import convert_
@@ -30,7 +30,6 @@ from wattless.techniques.prune import is_mac
 __all__ = ["export_model", "export_run", "FORMAT", "OPSET"]
 
 FORMAT = "1"
-OPSET = 18
 
 
 # --- the model as it is deployed ---------------------------------------------------------------------------
@@ -176,7 +175,7 @@ def _example(wl: Any, bert: bool) -> torch.Tensor | None:
     if not bert and not isinstance(example, torch.Tensor):
         raise ExportError(f"export supports classifiers taking one tensor and BERT sentence encoders; "
                           f"workload {wl.name!r} feeds {type(example).__name__}")
-    return example
+    return example if bert or not example.is_floating_point() else example.float()
 
 
 def export_model(model: nn.Module, workload: Any, out: str | Path, *, tolerance: Tolerance | None = None,
@@ -201,10 +200,11 @@ def export_model(model: nn.Module, workload: Any, out: str | Path, *, tolerance:
     model = _deployed(model)
     bert = is_bert(model)
     example = _example(wl, bert)
+    model = model if bert else logits_only(model, example)
     modes = [False] if bert or requantize is False else [True] if requantize else [True, False]
     notes: list[str] = []
     for fuse in modes:
-        graph, ctx, meta = build_bert(model, wl.name) if bert else build_classifier(model, example.float(), wl.name, fuse)
+        graph, ctx, meta = build_bert(model, wl.name) if bert else build_classifier(model, example, wl.name, fuse)
         fused = any(n.op_type == "QLinearConv" for n in all_nodes(graph))
         if fuse and not fused:
             modes = [fuse]  # nothing was fused: the exact path is this one
