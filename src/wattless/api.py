@@ -227,6 +227,7 @@ def export(model: nn.Module, example_inputs: torch.Tensor, path: str | Path, *, 
 
 def _example_workload(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None) -> Workload:
     """An in-memory workload whose every split is ``inputs``: what export_model's parity check reads."""
+    from wattless.export.classifier import logits_of
     from wattless.export.write import _deployed
 
     if not isinstance(inputs, torch.Tensor):
@@ -234,7 +235,7 @@ def _example_workload(model: nn.Module, inputs: torch.Tensor, targets: torch.Ten
     metric = "accuracy" if targets is not None else "agreement"
     if targets is None:  # the classes the deployed PyTorch model gives: the parity's metric is agreement with them
         with torch.no_grad():
-            targets = _deployed(model)(inputs).argmax(-1)
+            targets = logits_of(_deployed(model)(inputs)).argmax(-1)
     split = Split(inputs, targets)
     accuracy = classification_evaluate(256)
     return Workload(name=type(model).__name__, metric_name=metric, build_model=lambda: model,

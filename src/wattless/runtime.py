@@ -241,9 +241,12 @@ class ExportedModel:
     # -- checking inputs ---------------------------------------------------------------------------------
     def _classifier_input(self, inputs: Any) -> tuple[np.ndarray, bool]:
         x = inputs if type(inputs) is np.ndarray else _as_array(inputs)
-        if x.dtype.kind != "f":
+        dtype = np.dtype(self.meta["input"].get("dtype", "float32"))  # float32, or int64 token ids
+        if dtype.kind == "f" and x.dtype.kind != "f":
             raise ModelInputError(f"wrong dtype {x.dtype}: this model takes floating-point inputs (float32); "
                                   "convert with .astype(numpy.float32)")
+        if dtype.kind in "iu" and x.dtype.kind not in "iu":
+            raise ModelInputError(f"wrong dtype {x.dtype}: this model takes integer inputs ({dtype}, e.g. token ids)")
         shape = self._shape
         if x.shape == shape:
             x, single = x[None], True
@@ -254,9 +257,10 @@ class ExportedModel:
                                   f"a batch of shape (batch, {', '.join(map(str, shape))})")
         if len(x) == 0:
             raise ModelInputError("empty batch: pass at least one input")
-        if x.dtype != np.float32 or not x.flags.c_contiguous:
-            x = np.ascontiguousarray(x, dtype=np.float32)
-        _check_finite(x)
+        if x.dtype != dtype or not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x, dtype=dtype)
+        if dtype.kind == "f":
+            _check_finite(x)
         return x, single
 
     def _token_rows(self, inputs: Any) -> tuple[list[np.ndarray], bool]:

@@ -316,8 +316,17 @@ def test_pruned_model_round_trips_through_safetensors(tmp_path):
 def test_check_prunable_names_the_layer_whose_input_is_not_a_multiple_of_m():
     model = nn.Sequential(nn.Linear(8, 10), nn.ReLU(), nn.Linear(10, 4))
     with pytest.raises(ValueError, match=r"'2' \(Linear, input size 10\).*skip=\['2'\]"):
-        check_prunable(model, PruneConfig(pattern="n:m"))
-    check_prunable(model, PruneConfig(pattern="n:m", skip=["2"]))
+        check_prunable(model, PruneConfig(pattern="n:m", layers=["0", "2"]))  # named: each must fit
+    check_prunable(model, PruneConfig(pattern="n:m", layers=["0", "2"], skip=["2"]))
+
+
+def test_n_m_on_every_layer_leaves_the_layers_that_do_not_fit_dense_and_says_so():
+    model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 4))  # '0' reads 3 inputs: no 2:4 groups
+    handle = apply_(model, PruneConfig(pattern="n:m", schedule=PruneSchedule(end=0.0)), CONTEXT)
+    handle.on_step(0, 0)
+    report = handle.report(model)
+    assert report["left_dense"] == {"0": "input size not a multiple of 4"}
+    assert list(report["layers"]) == ["2"] and report["layers"]["2"]["sparsity"] == 0.5
 
 
 @pytest.mark.parametrize("config, message", [

@@ -135,7 +135,10 @@ _NAMED = {"GELUActivation": lambda g, c, m, x, h: gelu(g, x, h),
 
 
 def lookup(m: nn.Module) -> Emitter | None:
-    """The emitter of ``m``: its class's or the nearest base class's translation, else by class name."""
+    """The emitter of ``m``: its class's or the nearest base class's translation, else by class name; None
+    (torch.onnx traces it) for what the table's emitters do not write (ceil-mode pooling)."""
+    if getattr(m, "ceil_mode", False) or getattr(m, "return_indices", False):
+        return None
     for cls in type(m).__mro__:  # Quant* and parametrized subclasses find their float base class
         if cls in TRANSLATIONS:
             return TRANSLATIONS[cls]

@@ -218,6 +218,7 @@ class _Plan:
     layers: dict[str, nn.Module]  # unstructured and n:m targets
     groups: list[_Group]  # structured
     pairing: str = ""  # how structured groups were found
+    left_dense: tuple[str, ...] = ()  # n:m under the default layers: layers whose input size does not fit m
 
 
 def _slices(m: nn.Module, axis_of: str, block: int = 1) -> list[UnitSlice]:
@@ -548,7 +549,10 @@ def _plan(model: nn.Module, config: PruneConfig) -> _Plan:
     else:
         modules = dict(model.named_modules())
         plan = _Plan({n: modules[n] for n in names if _selected(n, config)}, [])
-        if config.pattern == "n:m":
+        if config.pattern == "n:m" and config.layers == ["*"]:  # every layer by default: those that fit the pattern
+            unfit = tuple(n for n, m in plan.layers.items() if _in_size(m) % config.m)
+            plan = _Plan({n: m for n, m in plan.layers.items() if n not in unfit}, [], left_dense=unfit)
+        elif config.pattern == "n:m":  # layers the user named must fit it
             _check_nm(plan.layers, config)
     if not plan.layers and not plan.groups:
         raise PruneError(f"prune: layers={config.layers} with skip={config.skip} leaves nothing to prune in "
@@ -688,6 +692,8 @@ class Pruning(Technique):
             "layers": {_display(n): {"sparsity": float((~m).sum()) / m.numel(), "params": m.numel()}
                        for n, m in layers.items()},
         }
+        if self.plan.left_dense:
+            out["left_dense"] = {_display(n): f"input size not a multiple of {c.m}" for n in self.plan.left_dense}
         if c.pattern == "structured":
             out.update(granularity=c.granularity, found_by=self.plan.pairing, units={
                 g.name: {"kept": int(self._kept_units(g).sum()), "total": g.units} for g in self.plan.groups})

@@ -195,7 +195,8 @@ def classification_evaluate(batch_size: int) -> Callable[[nn.Module, Split], dic
         device, dtype, correct = model_device(model), model_float_dtype(model), 0
         with eval_mode(model), torch.no_grad():
             for batch in iter_batches(split, batch_size):
-                logits = model(batch.inputs.to(device, dtype))  # (B, classes)
+                x = batch.inputs  # floats in the model's dtype; token ids stay integers
+                logits = model(x.to(device, dtype) if x.is_floating_point() else x.to(device))  # (B, classes)
                 correct += int((logits.argmax(-1).cpu() == batch.targets).sum())
         return {"accuracy": correct / len(split)}
 
