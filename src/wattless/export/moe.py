@@ -50,7 +50,8 @@ def emit_moe(g: Graph, ctx: Ctx, m: MoEMLP, x: str, hint: str, rank: int) -> str
     lead = g.op("Slice", [shape, g.const([0], "zero1", I64), g.const([-1], "minus1", I64)], hint)
     y = g.op("Reshape", [out, g.op("Concat", [lead, g.const([d_out], "dout", I64)], hint, axis=0)], hint)
     route = g.op("Reshape", [chosen, g.op("Concat", [lead, g.const([m.top_k], "k", I64)], hint, axis=0)], hint)
-    ctx.routes[hint] = (route, len(m.experts))
+    if g.root is g:  # a block inside an exit's If branch: its value is not visible at the top, so no output
+        ctx.routes[hint] = (route, len(m.experts))
     ctx.layers[f"{hint}.router"] = f"TopK-{m.top_k} of {len(m.experts)} experts; each runs only on its tokens"
     return g.op("Transpose", [y], hint, perm=[0, rank - 1, *range(1, rank - 1)]) if m.channels_first else y
 

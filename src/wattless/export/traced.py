@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import re
 import warnings
 from collections.abc import Callable, Iterator
@@ -106,7 +107,7 @@ def _export(m: nn.Module, example: torch.Tensor, hint: str, opset: int) -> Any:
     """The ONNX ModelProto torch.onnx writes for m on a dynamic batch."""
     batch = torch.export.Dim.DYNAMIC
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(None):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(None), _quiet("onnxscript", "torch.onnx", "torch.export"):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(m, (example,), dynamo=True, opset_version=opset, optimize=True,
                                         custom_translation_table=_translation(), dynamic_shapes=({0: batch},),
@@ -115,6 +116,20 @@ def _export(m: nn.Module, example: torch.Tensor, hint: str, opset: int) -> Any:
         raise ExportError(f"export cannot trace {type(m).__name__} ({hint or 'the model'}) with torch.onnx: "
                           f"{_reason(exc)}; give it a forward whose ops do not branch on tensor values") from None
     return program.model_proto
+
+
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """The exporter's own log lines (value types it skips, decomposition notes) off while it runs."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _reason(exc: BaseException) -> str:

@@ -20,7 +20,9 @@ from wattless.errors import ExportError, ParityError
 from wattless.export import parity
 from wattless.export.bert import build_bert, is_bert
 from wattless.export.classifier import build_classifier, logits_only
+from wattless.export.fold import fold_batchnorms
 from wattless.export.graph import MS, OPSET, Ctx, all_nodes, inputs_deep, to_numpy
+from wattless.export.walk import run_full
 from wattless.export.report import ExportReport, Parity, Tolerance
 from wattless.kernels import INT8_KERNELS, integer_products, to_portable
 from wattless.techniques import convert_
@@ -149,6 +151,13 @@ def _notes(model: nn.Module, ctx: Ctx) -> list[str]:
     return notes
 
 
+def _fold_notes(folded: list[str]) -> list[str]:
+    if not folded:
+        return []
+    return [f"{len(folded)} BatchNorm layers folded into the Conv/Linear before them (weights and per-channel steps "
+            f"scaled, the same integer codes): {', '.join(folded[:4])}{', ...' if len(folded) > 4 else ''}"]
+
+
 def _fused_note(parity_: Parity) -> str:
     return (f"fused integer requantization (QLinearConv): its int32 biases round the trained float biases, so "
             f"{100 * parity_.within:.1f}% of the logits match PyTorch within the output tolerance and "
@@ -201,10 +210,11 @@ def export_model(model: nn.Module, workload: Any, out: str | Path, *, tolerance:
     bert = is_bert(model)
     example = _example(wl, bert)
     model = model if bert else logits_only(model, example)
+    built, folded = (model, []) if bert else fold_batchnorms(model, lambda m: run_full(m, example[:2]))
     modes = [False] if bert or requantize is False else [True] if requantize else [True, False]
     notes: list[str] = []
     for fuse in modes:
-        graph, ctx, meta = build_bert(model, wl.name) if bert else build_classifier(model, example, wl.name, fuse)
+        graph, ctx, meta = build_bert(model, wl.name) if bert else build_classifier(built, example, wl.name, fuse)
         fused = any(n.op_type == "QLinearConv" for n in all_nodes(graph))
         if fuse and not fused:
             modes = [fuse]  # nothing was fused: the exact path is this one
@@ -218,7 +228,8 @@ def export_model(model: nn.Module, workload: Any, out: str | Path, *, tolerance:
     return ExportReport(path=out, kind=meta["kind"], workload=wl.name, size_bytes=out.stat().st_size,
                         parity=result if check else None, layers=ctx.layers, removed=ctx.keep.removed,
                         exits=meta["exits"], routes={k: v["experts"] for k, v in meta["outputs"]["routes"].items()},
-                        notes=notes + _notes(model, ctx) + _kernel_notes(meta), int8_kernel=int8_kernel,
+                        notes=notes + _fold_notes(folded) + _notes(built, ctx) + _kernel_notes(meta),
+                        int8_kernel=int8_kernel,
                         integer_products=meta["integer_products"])
 
 

@@ -233,7 +233,11 @@ class EarlyExitModel(nn.Module):
     def from_chain(cls, model: nn.Module, after: list[str], example_input: torch.Tensor, *,
                    head: str = "linear", temperature: float = 0.1) -> "EarlyExitModel":
         """Wrap a chain classifier (nn.Sequential, or a module with a Sequential ``features``/``blocks``)."""
-        container, prefix, tail = _chain(model)
+        try:
+            container, prefix, tail = _chain(model)
+        except ValueError:  # not a chain of blocks: cut the traced forward after the named modules instead
+            container, prefix, tail = split_traced(model, after), "", None
+            after = [_segment_name(a) for a in after]
         chosen = _validate_after(container, prefix, after, has_tail=tail is not None)
         if not isinstance(example_input, torch.Tensor):
             raise ValueError(f"early exits need a tensor example input, got {type(example_input).__name__}: "
@@ -260,6 +264,88 @@ def _chain(model: nn.Module) -> tuple[nn.Sequential, str, nn.Module | None]:
         f"nn.Sequential named {' or '.join(_CHAIN_ATTRS)} (its children: {children}); put the backbone in "
         "`self.features = nn.Sequential(...)` with the classifier after it"
     )
+
+
+def _segment_name(path: str) -> str:
+    return path.replace(".", "_")
+
+
+class _ExitTracer(torch.fx.Tracer):
+    """torch.fx with the exits' modules and wattless's own modules (experts, quantized layers) as leaves."""
+
+    def __init__(self, cuts: set[str]) -> None:
+        super().__init__()
+        self.cuts = cuts
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return (qualname in self.cuts or type(m).__module__.startswith("wattless.")
+                or super().is_leaf_module(m, qualname))
+
+
+def _cut_nodes(graph: torch.fx.Graph, after: list[str]) -> list[torch.fx.Node]:
+    calls = {a: [n for n in graph.nodes if n.op == "call_module" and n.target == a] for a in after}
+    missing = [a for a, nodes in calls.items() if not nodes]
+    twice = [a for a, nodes in calls.items() if len(nodes) > 1]
+    if missing or twice:
+        what = f"{missing} never called by forward" if missing else f"{twice} called more than once"
+        raise ValueError(f"ExitConfig.after: {what}; name modules the forward calls once (e.g. the repeated "
+                         "blocks' paths such as 'blocks.0')")
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    return sorted((nodes[0] for nodes in calls.values()), key=order.__getitem__)
+
+
+def _crossing(graph: torch.fx.Graph, cut: torch.fx.Node) -> list[str]:
+    """Values computed up to ``cut`` (inclusive) and read after it, other than cut's output and attributes."""
+    nodes = list(graph.nodes)
+    i = nodes.index(cut)
+    before = {n for n in nodes[: i + 1] if n.op != "get_attr"}
+    return sorted({a.name for n in nodes[i + 1 :] for a in n.all_input_nodes if a in before and a is not cut})
+
+
+def _segment(root: nn.Module, graph: torch.fx.Graph, start: torch.fx.Node | None,
+             stop: torch.fx.Node | None) -> torch.fx.GraphModule:
+    """The nodes after ``start`` up to ``stop`` (None: to the output) as a module of one input."""
+    nodes = list(graph.nodes)
+    first = nodes.index(start) + 1 if start is not None else 0
+    last = nodes.index(stop) if stop is not None else len(nodes) - 1
+    sub, env = torch.fx.Graph(), {}
+    x = sub.placeholder("x")
+    if start is not None:
+        env[start] = x
+    for node in nodes[first : last + 1]:
+        if node.op == "placeholder":
+            env[node] = x
+        elif node.op == "output":
+            sub.output(env[node.args[0]] if isinstance(node.args[0], torch.fx.Node) else node.args[0])
+        else:
+            for attr in (a for a in node.all_input_nodes if a not in env and a.op == "get_attr"):
+                env[attr] = sub.node_copy(attr)
+            env[node] = sub.node_copy(node, env.__getitem__)
+    if stop is not None:
+        sub.output(env[stop])
+    return torch.fx.GraphModule(root, sub)
+
+
+def split_traced(model: nn.Module, after: list[str]) -> nn.Sequential:
+    """Any model whose forward torch.fx can trace, as a chain cut after the modules named in ``after``:
+    segment k runs from the previous cut to the module after[k] (named after it), the last to the output."""
+    try:
+        graph = _ExitTracer(set(after)).trace(model)
+    except Exception as exc:  # noqa: BLE001 - forwards with control flow on values
+        raise ValueError(f"early exits need a chain of blocks or a forward torch.fx can trace; {type(model).__name__}"
+                         f" is neither ({type(exc).__name__}: {exc}); name modules of a traceable forward") from None
+    cuts = _cut_nodes(graph, after)
+    for cut in cuts:
+        crossing = _crossing(graph, cut)
+        if crossing:
+            raise ValueError(f"ExitConfig.after: {cut.target!r} is not a cut of {type(model).__name__}'s forward: "
+                             f"{crossing} computed before it are read after it (a skip across it); name the block "
+                             "that contains the skip instead")
+    segments = OrderedDict()
+    for start, stop in zip([None, *cuts], [*cuts, None]):
+        name = _segment_name(stop.target) if stop is not None else "rest"
+        segments[name] = _segment(model, graph, start, stop)
+    return nn.Sequential(segments)
 
 
 def _tail_of(model: nn.Module, attr: str) -> nn.Module:

@@ -352,13 +352,72 @@ def _transformer_site(name: str, layer: nn.Module) -> MLPBlock | None:
     return MLPBlock(f"{name}.intermediate" if name else "intermediate", fc1, act, fc2, None, install)
 
 
+_ACT_CALLS = {F.relu, F.gelu, F.silu, F.relu6, F.leaky_relu, F.elu, F.mish, F.hardswish, torch.relu,
+              torch.sigmoid, torch.tanh, F.sigmoid, F.tanh}
+_ACT_METHODS = {"relu", "sigmoid", "tanh"}
+
+
+def _chain_of(graph: Any) -> list[Any] | None:
+    """The nodes between input and output of a forward that is one straight chain, else None."""
+    nodes = [n for n in graph.nodes if n.op not in ("placeholder", "output")]
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1 or not nodes:
+        return None
+    prev = placeholders[0]
+    for node in nodes:
+        if len(node.all_input_nodes) != 1 or node.all_input_nodes[0] is not prev or node.args[0] is not prev:
+            return None
+        prev = node
+    out = next(n for n in graph.nodes if n.op == "output")
+    return nodes if out.args[0] is prev else None
+
+
+def _traced_site(name: str, module: nn.Module, root: nn.Module) -> MLPBlock | None:
+    """A module whose own forward is fc1 -> activation (a module or a function) -> [dropout] -> fc2, written in
+    any way torch.fx can trace (a custom forward); MoEMLP then takes the module's place."""
+    if isinstance(module, nn.Sequential) or not name or sum(isinstance(c, nn.Linear) for c in module.children()) != 2:
+        return None
+    try:
+        nodes = _chain_of(torch.fx.symbolic_trace(module).graph)
+    except Exception:  # noqa: BLE001 - forwards fx cannot trace are not this kind of block
+        return None
+    if nodes is None or len(nodes) not in (3, 4):
+        return None
+    subs = dict(module.named_modules())
+    fc1, fc2 = (subs.get(n.target) if n.op == "call_module" else None for n in (nodes[0], nodes[-1]))
+    act_node, drop_node = nodes[1], nodes[2] if len(nodes) == 4 else None
+    if not (isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear) and _pair(fc1, fc2)):
+        return None
+    act = _activation_of(act_node, subs)
+    drop = subs.get(drop_node.target) if drop_node is not None and drop_node.op == "call_module" else None
+    if act is None or (drop_node is not None and not isinstance(drop, nn.Dropout)):
+        return None
+    parent, _, child = name.rpartition(".")
+
+    def install(moe: MoEMLP) -> None:
+        setattr(root.get_submodule(parent) if parent else root, child, moe)
+
+    return MLPBlock(name, fc1, act, fc2, drop, install)
+
+
+def _activation_of(node: Any, subs: dict[str, nn.Module]) -> nn.Module | None:
+    if node.op == "call_module" and _is_activation(subs.get(node.target)):
+        return subs[node.target]
+    if node.op == "call_function" and node.target in _ACT_CALLS and not node.kwargs and len(node.args) == 1:
+        return _Fn(node.target)
+    if node.op == "call_method" and node.target in _ACT_METHODS and len(node.args) == 1:
+        return _Fn(getattr(torch, node.target))
+    return None
+
+
 def find_mlp_blocks(model: nn.Module) -> list[MLPBlock]:
-    """Every dense MLP block MoEfication can split, named where its MoEMLP will live."""
+    """Every dense MLP block MoEfication can split, named where its MoEMLP will live: Linear -> activation ->
+    Linear in an nn.Sequential, BERT-style intermediate/output, or any module whose traced forward is that chain."""
     sites: list[MLPBlock] = []
     for name, module in model.named_modules():
         if isinstance(module, nn.Sequential):
             sites += _sequential_sites(f"{name}." if name else "", module)
-        site = _transformer_site(name, module)
+        site = _transformer_site(name, module) or _traced_site(name, module, model)
         if site is not None:
             sites.append(site)
     return sites
@@ -369,7 +428,8 @@ def _select(sites: list[MLPBlock], globs: list[str]) -> list[MLPBlock]:
     if not sites:
         raise ValueError(
             "found no MLP block to split into experts: MoEfication needs Linear -> activation -> Linear (or "
-            "Conv1d kernel-1 pairs) inside an nn.Sequential, or BERT-style intermediate.dense/output.dense"
+            "Conv1d kernel-1 pairs) inside an nn.Sequential, BERT-style intermediate.dense/output.dense, or a "
+            "module whose forward is exactly fc2(act(fc1(x))) (dropout allowed)"
         )
     if "auto" in globs:
         return sites
