@@ -68,6 +68,11 @@ def confidences(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return p.max(-1), logits.argmax(-1)
 
 
+def _kind_name(dtype: np.dtype) -> str:
+    return {"b": "booleans", "U": "strings", "S": "strings", "O": "mixed values (objects or null)"}.get(
+        dtype.kind, str(dtype))
+
+
 def open_tier(tier: TierSpec) -> Any:
     from wattless import runtime
 
@@ -92,14 +97,17 @@ class Cascade:
         if self.kind != "classifier":
             raise ModelInputError(f"this cascade serves a {self.kind}; POST /v1/embeddings instead")
         try:
-            x = np.asarray(inputs, dtype=np.float64)
-        except (ValueError, TypeError) as exc:
-            raise ModelInputError(f"inputs must be numbers in equal-length nested lists ({exc})") from None
+            x = np.asarray(inputs)
+        except (ValueError, TypeError):
+            raise ModelInputError(f"inputs must be equal-length nested lists of numbers, shape "
+                                  f"(batch, {', '.join(map(str, self.input_shape))}); got ragged lists") from None
+        if x.ndim >= 1 and len(x) == 0:
+            raise ModelInputError("empty batch: send at least one input")
+        if x.dtype.kind not in "iuf":
+            raise ModelInputError(f"inputs must be numbers; got {_kind_name(x.dtype)}")
         want = f"(batch, {', '.join(map(str, self.input_shape))})"
         if x.ndim == 0 or x.shape[1:] != self.input_shape:
             raise ModelInputError(f"wrong shape {tuple(x.shape)}: inputs must have shape {want}")
-        if len(x) == 0:
-            raise ModelInputError("empty batch: send at least one input")
         if not np.isfinite(x).all():
             raise ModelInputError(f"inputs hold {int(np.isnan(x).sum())} NaN and {int(np.isinf(x).sum())} infinite "
                                   "values; send finite numbers")
