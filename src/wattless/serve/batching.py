@@ -78,6 +78,8 @@ class Batcher:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, x: np.ndarray) -> list[Any]:
+        if self._worker is None:  # an engine that runs no ASGI lifespan (start() not called): start now
+            self.start()
         n = len(x)
         if self.stats.pending + n > self.max_pending:
             raise Overloaded(self.stats.pending, self.max_pending, self.retry_after_s)

@@ -16,7 +16,7 @@ from wattless.errors import ServeError
 from wattless.serve.cascade import load_cascade
 from wattless.serve.config import ServeSettings
 
-__all__ = ["serve", "app_from_env", "settings_for", "ENV_CASCADE", "ENV_SETTINGS"]
+__all__ = ["serve", "asgi_app", "app_from_env", "settings_for", "ENV_CASCADE", "ENV_SETTINGS"]
 
 ENV_CASCADE = "WATTLESS_SERVE_CASCADE"
 ENV_SETTINGS = "WATTLESS_SERVE_SETTINGS"
@@ -50,6 +50,24 @@ def _check_port(host: str, port: int) -> None:
             raise ServeError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port") from None
 
 
+def asgi_app(cascade_path: str | Path, settings: ServeSettings | None = None) -> Any:
+    """The app for ``cascade_path``, built where it is called: the builder other ASGI engines take (Ray Serve's
+    ``serve.ingress(lambda: asgi_app(path))``), so each replica loads the cascade itself."""
+    from wattless.serve.app import create_app
+
+    return create_app(load_cascade(cascade_path), settings)
+
+
+def _serving_stack() -> Any:
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn
+    except ImportError as exc:
+        raise ServeError(f"wattless serve needs its serving stack ({exc}): pip install 'wattless[serve]'") from None
+    return uvicorn
+
+
 def app_from_env() -> Any:
     """The app for one uvicorn worker process (``--workers`` > 1), from the environment ``serve`` set."""
     from wattless.serve.app import create_app
@@ -61,8 +79,7 @@ def app_from_env() -> Any:
 def serve(cascade_path: str | Path, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
           settings: ServeSettings | None = None, log_level: str = "warning", on_ready: Any = None) -> None:
     """Serve the calibrated cascade until interrupted (SIGINT, SIGTERM)."""
-    import uvicorn
-
+    uvicorn = _serving_stack()
     from wattless.serve.app import create_app
 
     if workers < 1:
