@@ -18,7 +18,7 @@ import numpy as np
 from wattless.errors import CascadeError
 from wattless.serve.cascade import confidences, open_tier
 from wattless.serve.config import CascadeSpec, TierSpec, load_cascade_spec
-from wattless.serve.pricing import PathPrices, price_paths
+from wattless.serve.pricing import PathPrices, price_paths, price_sentences
 from wattless.serve.record import file_digest, write_calibration
 
 __all__ = ["calibrate", "simulate", "tier_outputs", "cascade_workload"]
@@ -102,6 +102,9 @@ def calibrate(cascade_path: str | Path, workload: Any = None, *,
     spec = load_cascade_spec(path)
     settings, say = spec.calibration, log or (lambda _msg: None)
     wl = cascade_workload(spec, workload, path)
+    first = open_tier(spec.tiers[0])
+    if first.kind == "sentence-encoder":
+        return _calibrate_encoder(path, spec, wl, first, say)
     x, y, inputs = _held_out(wl, path)
     m = min(len(x), settings.price_inputs)
     samples = [inputs[i : i + 1] for i in range(m)]
@@ -116,6 +119,37 @@ def calibrate(cascade_path: str | Path, workload: Any = None, *,
     conf, correct, energy = np.stack(conf), np.stack(correct), np.asarray(energy)
     thresholds = _thresholds(conf, correct, settings)
     record = _record(spec, wl, thresholds, prices, conf, correct, energy)
+    out = write_calibration(path, record)
+    say(f"calibration written to {out}")
+    return {**record, "path": str(out)}
+
+
+def _calibrate_encoder(path: Path, spec: CascadeSpec, wl: Any, model: Any, say: Callable[[str], None]) -> dict[str, Any]:
+    """A sentence encoder: one tier (an embedding has no confidence to escalate on), priced by token count on
+    the validation sentences; no labels needed."""
+    from wattless.energy import resolve_target
+    from wattless.optimize import load_run
+
+    if len(spec.tiers) != 1:
+        raise CascadeError(f"cascade {path}: a sentence-encoder cascade has one tier (an embedding has no "
+                           f"confidence to escalate on); it has {len(spec.tiers)}")
+    tier = spec.tiers[0]
+    if tier.run is None:
+        raise CascadeError(f"cascade {path}: tier {tier.name!r} has no `run`: give the `wattless optimize` run "
+                           "directory its export came from, so the energy core can price it")
+    sentences = list(wl.val.inputs)[: spec.calibration.price_inputs]
+    samples = [wl.prepare_inputs(sentences[i : i + 1]) for i in range(len(sentences))]
+    tokens = [int(s["input_ids"].shape[-1]) for s in samples]
+    say(f"tier {tier.name}: pricing {len(samples)} held-out sentences on {tier.target}")
+    prices = price_sentences(load_run(tier.run)[0], samples, tokens, resolve_target(tier.target))
+    energy = float(np.mean([prices.price_tokens(n) for n in tokens]))
+    record = {"cascade": spec.name, "workload": wl.name, "split": "val", "inputs": len(samples),
+              "kind": "sentence-encoder", "reference": "the only tier",
+              "tiers": [{"name": tier.name, "target": tier.target, "model": str(tier.model),
+                         "model_sha256": file_digest(tier.model), "threshold": None, "never_answers": False,
+                         "prices": prices.to_json()}],
+              "predicted": {"tiers": [{"name": tier.name, "target": tier.target, "energy_j_per_request": energy,
+                                       "energy_kind": "estimated"}]}}
     out = write_calibration(path, record)
     say(f"calibration written to {out}")
     return {**record, "path": str(out)}

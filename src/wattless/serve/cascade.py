@@ -21,7 +21,7 @@ from wattless.serve.config import CascadeSpec, TierSpec, load_cascade_spec
 from wattless.serve.pricing import PathPrices
 from wattless.serve.record import prices_of, read_calibration, thresholds_of
 
-__all__ = ["Tier", "Prediction", "Cascade", "load_cascade", "confidences", "open_tier"]
+__all__ = ["Tier", "Prediction", "Embedded", "Cascade", "load_cascade", "confidences", "open_tier"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,15 @@ class Prediction:
                 "energy_targets": list(self.targets),
                 "energy_by_tier": [{"tier": i, "target": t, "energy_j": e, "kind": "estimated"}
                                    for i, (t, e) in enumerate(zip(self.targets, self.energy_by_tier_j))]}
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """One sentence's embedding, its token count and its estimated joules on the tier's target."""
+
+    embedding: list[float]
+    tokens: int
+    energy_j: float
 
 
 def confidences(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -113,6 +122,29 @@ class Cascade:
                                   "values; send finite numbers")
         return np.ascontiguousarray(x, dtype=np.float32)
 
+    def check_sentences(self, sentences: list[str]) -> np.ndarray:
+        """Sentences as a (n,) object array (what the batcher joins), or ModelInputError."""
+        if self.kind != "sentence-encoder":
+            raise ModelInputError(f"this cascade serves a {self.kind}; POST /v1/predict instead")
+        empty = [i for i, s in enumerate(sentences) if not s.strip()]
+        if empty:
+            raise ModelInputError(f"input {empty[0]} is an empty sentence: every input needs some text")
+        out = np.empty(len(sentences), dtype=object)
+        out[:] = sentences
+        return out
+
+    def embed(self, sentences: np.ndarray) -> list[Embedded]:
+        """Unit-norm embeddings of tier 0 (the only tier of an encoder cascade), each sentence priced by its
+        token count."""
+        from wattless.runtime import MAX_SENTENCE_TOKENS
+
+        tier = self.tiers[0]
+        batch = [str(s) for s in sentences]
+        vectors = tier.model.embed(batch)
+        ids = tier.model.tokenizer(batch, truncation=True, max_length=MAX_SENTENCE_TOKENS, padding=False,
+                                   return_token_type_ids=False, return_attention_mask=False)["input_ids"]
+        return [Embedded(v.tolist(), len(t), tier.prices.price_tokens(len(t))) for v, t in zip(vectors, ids)]
+
     def predict(self, x: np.ndarray) -> list[Prediction]:
         """x: (batch, *input shape) float32, checked (``check``). Each tier runs on the rows still going."""
         n, last = len(x), len(self.tiers) - 1
@@ -146,4 +178,7 @@ def load_cascade(path: str | Path) -> Cascade:
     kinds = {t.model.kind for t in tiers}
     if len(kinds) > 1:
         raise CascadeError(f"cascade {path} mixes {sorted(kinds)} tiers; every tier must be of one kind")
+    if kinds == {"sentence-encoder"} and len(tiers) > 1:
+        raise CascadeError(f"cascade {path}: a sentence-encoder cascade has one tier (an embedding has no "
+                           "confidence to escalate on)")
     return Cascade(spec, tiers, path)
