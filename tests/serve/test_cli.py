@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.serve.conftest import SPEC, free_port
 from tests.test_cli import run

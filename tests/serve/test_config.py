@@ -6,7 +6,7 @@ import pytest
 
 from wattless.errors import CascadeError
 from wattless.serve import calibration_path, load_cascade_spec
-from wattless.serve.config import CascadeSpec, write_cascade_spec
+from wattless.serve.config import write_cascade_spec
 
 from tests.serve.conftest import cascade_text
 

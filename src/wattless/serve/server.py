@@ -95,4 +95,9 @@ def serve(cascade_path: str | Path, *, host: str = "127.0.0.1", port: int = 8000
         return
     os.environ[ENV_CASCADE] = str(Path(cascade_path).resolve())
     os.environ[ENV_SETTINGS] = settings.model_dump_json()
+    import inspect
+
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:
+        # a worker imports torch and loads every tier before it answers; uvicorn's 5 s default kills it first
+        common["timeout_worker_healthcheck"] = 120
     uvicorn.run("wattless.serve.server:app_from_env", factory=True, workers=workers, **common)
