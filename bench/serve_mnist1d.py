@@ -144,17 +144,20 @@ def load_test(cascade: Path, batching: bool, args: argparse.Namespace) -> dict:
     try:
         base = f"http://127.0.0.1:{port}"
         _wait_ready(base, server)
+        load_before = os.getloadavg()[0]
         record = asyncio.run(_load(base, bodies, wl.test.targets.numpy(), args.requests, args.clients,
                                    args.time_limit_s))
     finally:
         server.terminate()
         server.wait(timeout=30)
-    return {"batching": batching, **record}
+    # the machine is shared: its 1-minute load average says how much else ran beside the test
+    return {"batching": batching, **record, "load_average_1min": [load_before, os.getloadavg()[0]]}
 
 
 def load_table(records: list[dict]) -> Table:
+    loads = ", ".join(f"{r['load_average_1min'][0]:.1f}" for r in records)
     table = Table(title=f"wattless serve under load: {records[0]['clients']} concurrent clients on loopback, this machine "
-                        f"({os.cpu_count()} CPUs)")
+                        f"({os.cpu_count()} CPUs, 1-minute load average at the start: {loads})")
     for col in ("dynamic batching", "requests", "errors", "requests/s", "p50", "p99", "served accuracy",
                 "escalated", "J/request (estimated)", "= /metrics total"):
         table.add_column(col, justify="right")
