@@ -109,6 +109,9 @@ def test_bad_requests_get_a_4xx_naming_the_problem(base, content, status, words)
 def test_oversized_batch_and_wrong_endpoint(base):
     r = httpx.post(f"{base}/v1/predict", json={"inputs": [[0.0] * 16] * 257})
     assert r.status_code == 413 and "at most 256" in r.json()["error"]["message"]
+    r = httpx.post(f"{base}/v1/predict", content=b"[" + b"0," * (9 * 2**20) + b"0]",
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "larger than" in r.json()["error"]["message"]
     r = httpx.post(f"{base}/v1/embeddings", json={"input": ["a sentence"]})
     assert r.status_code == 400 and "/v1/predict" in r.json()["error"]["message"]
 

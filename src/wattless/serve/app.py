@@ -52,8 +52,21 @@ class _ClientGone(Exception):
     pass
 
 
-async def _json_body(request: Request, model: type[BaseModel]) -> Any:
-    raw = await request.body()
+async def _read_body(request: Request, limit: int) -> bytes:
+    too_big = _Problem(413, "body_too_large", f"the body is larger than {limit} bytes (split the request)")
+    if int(request.headers.get("content-length") or 0) > limit:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _json_body(request: Request, model: type[BaseModel], limit: int) -> Any:
+    raw = await _read_body(request, limit)
     if not raw:
         raise _Problem(400, "malformed_json", "empty body: send a JSON object")
     try:
@@ -154,7 +167,7 @@ def _routes(app: FastAPI, service: _Service) -> None:
         try:
             if cascade.kind != "classifier":
                 raise _Problem(400, "wrong_endpoint", f"this cascade serves a {cascade.kind}: POST /v1/embeddings")
-            body = await _json_body(request, PredictRequest)
+            body = await _json_body(request, PredictRequest, service.settings.max_body_bytes)
             service.check_size(len(body.inputs))
             try:
                 x = cascade.check(body.inputs)
@@ -175,7 +188,7 @@ def _routes(app: FastAPI, service: _Service) -> None:
         try:
             if cascade.kind != "sentence-encoder":
                 raise _Problem(400, "wrong_endpoint", f"this cascade serves a {cascade.kind}: POST /v1/predict")
-            body = await _json_body(request, EmbeddingsRequest)
+            body = await _json_body(request, EmbeddingsRequest, service.settings.max_body_bytes)
             sentences = [body.input] if isinstance(body.input, str) else body.input
             if not sentences:
                 raise _Problem(422, "invalid_input", "`input` is an empty list: send at least one sentence")

@@ -68,6 +68,7 @@ class ServeSettings(BaseModel):
     max_pending: int = Field(1024, ge=1, strict=True)
     max_inputs_per_request: int = Field(256, ge=1, strict=True)
     retry_after_s: int = Field(1, ge=1, le=3600, strict=True)
+    max_body_bytes: int = Field(16 * 2**20, ge=1024, strict=True, description="a larger body: 413, never read whole")
 
 
 class CascadeSpec(BaseModel):
