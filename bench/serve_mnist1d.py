@@ -66,9 +66,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _energy_total(metrics_text: str) -> float:
-    match = re.search(rf"^{ENERGY_TOTAL} (\S+)$", metrics_text, re.M)
+def _metric(metrics_text: str, name: str) -> float:
+    match = re.search(rf"^{name} (\S+)$", metrics_text, re.M)
     return float(match.group(1))
+
+
+def _energy_total(metrics_text: str) -> float:
+    return _metric(metrics_text, ENERGY_TOTAL)
 
 
 async def _client(http, url: str, jobs: asyncio.Queue, rows: list, deadline: float) -> None:
@@ -103,7 +107,10 @@ async def _load(base: str, bodies: list[bytes], labels: np.ndarray, requests: in
         deadline = time.monotonic() + time_limit_s
         await asyncio.gather(*(_client(http, f"{base}/v1/predict", jobs, rows, deadline) for _ in range(clients)))
         wall_s = time.perf_counter() - start
-        after = _energy_total((await http.get(f"{base}/metrics")).text)
+        scraped = (await http.get(f"{base}/metrics")).text
+        after = _energy_total(scraped)
+        batches = _metric(scraped, "wattless_batch_inputs_count")
+        mean_batch = _metric(scraped, "wattless_batch_inputs_sum") / max(batches, 1)
     lat = np.asarray([r[0] for r in rows]) * 1000
     ok = np.asarray([r[1] for r in rows])
     responses_j, metrics_j = float(sum(r[2] for r in rows)), after - before
@@ -113,6 +120,7 @@ async def _load(base: str, bodies: list[bytes], labels: np.ndarray, requests: in
             "escalation_rate": float(np.mean([r[4] for r in rows])), "energy_kind": "estimated",
             "energy_j_sum_of_responses": responses_j, "energy_j_metrics_total": metrics_j,
             "energy_j_per_request": responses_j / max(1, int(ok.sum())),
+            "batches": int(batches), "mean_batch_inputs": mean_batch,
             "energy_matches_metrics": bool(abs(responses_j - metrics_j) <= 1e-9 * max(abs(metrics_j), 1e-30) + 1e-15)}
 
 
@@ -158,12 +166,12 @@ def load_table(records: list[dict]) -> Table:
     loads = ", ".join(f"{r['load_average_1min'][0]:.1f}" for r in records)
     table = Table(title=f"wattless serve under load: {records[0]['clients']} concurrent clients on loopback, this machine "
                         f"({os.cpu_count()} CPUs, 1-minute load average at the start: {loads})")
-    for col in ("dynamic batching", "requests", "errors", "requests/s", "p50", "p99", "served accuracy",
+    for col in ("dynamic batching", "requests", "errors", "requests/s", "p50", "p99", "inputs/batch", "served accuracy",
                 "escalated", "J/request (estimated)", "= /metrics total"):
         table.add_column(col, justify="right")
     for r in records:
         table.add_row("on" if r["batching"] else "off", str(r["requests"]), str(r["errors"]), f"{r['rps']:.0f}",
-                      f"{r['p50_ms']:.2f} ms", f"{r['p99_ms']:.2f} ms", f"{100 * r['served_accuracy']:.2f} %",
+                      f"{r['p50_ms']:.2f} ms", f"{r['p99_ms']:.2f} ms", f"{r['mean_batch_inputs']:.1f}", f"{100 * r['served_accuracy']:.2f} %",
                       f"{100 * r['escalation_rate']:.1f} %", f"{r['energy_j_per_request']:.3e}",
                       "yes" if r["energy_matches_metrics"] else "NO")
     return table
