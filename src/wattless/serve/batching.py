@@ -95,20 +95,19 @@ class Batcher:
             self.stats.on_cancel()
 
     async def _collect(self) -> list[_Item]:
-        """The next batch: the first live item, then (batching on) those arriving within max_wait_s."""
+        """The next batch: the first live item, then (batching on) those that arrived within max_wait_s,
+        up to max_batch inputs. One timer per batch, not one per item: the loop stays free to parse them."""
         first, self._carry = (self._carry, None) if self._carry is not None else (await self._queue.get(), None)
         items = [first]
         if not self.batching:
             return items
-        size, deadline = len(first.x), time.monotonic() + self.max_wait_s
-        while size < self.max_batch:
-            try:
-                item = self._queue.get_nowait() if self.max_wait_s == 0 else await asyncio.wait_for(
-                    self._queue.get(), max(0.0, deadline - time.monotonic()))
-            except (asyncio.TimeoutError, asyncio.QueueEmpty):
-                break
+        if self.max_wait_s > 0 and len(first.x) < self.max_batch:
+            await asyncio.sleep(self.max_wait_s)
+        size = len(first.x)
+        while size < self.max_batch and not self._queue.empty():
+            item = self._queue.get_nowait()
             if size + len(item.x) > self.max_batch:
-                self._carry = item
+                self._carry = item  # the next batch starts with it
                 break
             items.append(item)
             size += len(item.x)
