@@ -21,6 +21,8 @@ __all__ = [
     "ModelInputError",
     "BenchError",
     "DamagedFileError",
+    "CascadeError",
+    "ServeError",
 ]
 
 
@@ -96,3 +98,12 @@ class BenchError(WattlessError):
 class DamagedFileError(WattlessError):
     """A file wattless reads back (a model, a checkpoint, a run marker) that is empty, truncated, of another
     kind (a pickle where safetensors belongs) or of another architecture."""
+
+
+class CascadeError(WattlessError):
+    """A cascade file with an unknown key, a wrong type or a missing tier file, or a cascade that is not
+    calibrated (or whose calibration no longer matches its tiers)."""
+
+
+class ServeError(WattlessError):
+    """A server that cannot start as asked (a bad option, a port in use) or a request it cannot serve."""
