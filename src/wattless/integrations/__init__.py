@@ -1,0 +1,1 @@
+"""wattless inside other libraries' training loops: Hugging Face ``Trainer`` (hf.WattlessCallback)."""
