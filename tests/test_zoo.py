@@ -2,7 +2,7 @@
 export with parity, for int8 weights and activations, then 2:4 on top, then structured channels on top.
 
 Hugging Face vision and text classifiers are built from their config classes at small sizes, and the residual
-squeeze-and-excitation CNN (SiLU, BatchNorm1d, ``unsqueeze``, a skip) is the model issue 12's user brought.
+squeeze-and-excitation CNN (SiLU, BatchNorm1d, ``unsqueeze``, a skip: wattless.testing.SECNN) is the model issue 12's user brought.
 Every one of them goes through torch.onnx (dynamo) with the techniques' translations; BatchNorm is folded."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from torch import nn
 import wattless
 from wattless.export import Tolerance
 from wattless.export.classifier import logits_of
+from wattless.testing import SECNN
 from tests.int8_oracle import saturating_products
 
 transformers = pytest.importorskip("transformers")
@@ -24,41 +25,6 @@ RECIPES = {"int8": INT8, "int8+2:4": {**INT8, "prune": {"pattern": "n:m"}},
            "int8+channels": {**INT8, "prune": {"pattern": "structured", "sparsity": 0.5}}}
 
 
-class SqueezeExcite(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(channels, channels // 2), nn.Linear(channels // 2, channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, L)
-        w = torch.sigmoid(self.fc2(F.silu(self.fc1(x.mean(-1)))))
-        return x * w.unsqueeze(-1)
-
-
-class ResidualBlock(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv, self.bn, self.se = nn.Conv1d(channels, channels, 3, padding=1), nn.BatchNorm1d(channels), SqueezeExcite(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.se(F.silu(self.bn(self.conv(x))))
-
-
-class SECNN(nn.Module):
-    """A 1-D residual CNN on (B, L) signals: unsqueeze to one channel, a stem, two SE blocks, a head."""
-
-    def __init__(self, length: int = 40, classes: int = 3) -> None:
-        super().__init__()
-        self.stem, self.bn = nn.Conv1d(1, 16, 5, padding=2), nn.BatchNorm1d(16)
-        self.blocks = nn.ModuleList([ResidualBlock(16), ResidualBlock(16)])
-        self.head = nn.Linear(16, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.silu(self.bn(self.stem(x.unsqueeze(1))))
-        for block in self.blocks:
-            h = block(h)
-        return self.head(h.mean(-1))
-
-
 def _images(size: int) -> torch.Tensor:
     return torch.randn(32, 3, size, size)
 
@@ -66,7 +32,7 @@ def _images(size: int) -> torch.Tensor:
 def build(name: str) -> tuple[nn.Module, torch.Tensor]:
     t = transformers
     if name == "se-cnn":
-        return SECNN(), torch.randn(32, 40)
+        return SECNN(classes=3, channels=16), torch.randn(32, 40)
     if name == "resnet":
         config = t.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3, layer_type="basic")
         return t.ResNetForImageClassification(config), _images(32)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FakeMeter", "ReplayMeter", "EarlyExitToy"]
+__all__ = ["FakeMeter", "ReplayMeter", "EarlyExitToy", "SECNN"]
 
 
 class FakeMeter:
@@ -56,3 +57,40 @@ class EarlyExitToy(nn.Module):
         if bool(x[0, 0] > 0):
             return self.exit1(h)
         return self.head(self.block2(h))
+
+
+class _SqueezeExcite(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(channels, channels // 2), nn.Linear(channels // 2, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, L)
+        w = torch.sigmoid(self.fc2(F.silu(self.fc1(x.mean(-1)))))
+        return x * w.unsqueeze(-1)
+
+
+class _ResidualBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv1d(channels, channels, 3, padding=1), nn.BatchNorm1d(channels)
+        self.se = _SqueezeExcite(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.se(F.silu(self.bn(self.conv(x))))
+
+
+class SECNN(nn.Module):
+    """A residual 1-D CNN with squeeze-and-excitation on (B, L) signals, written as users write models (a custom
+    forward, ``unsqueeze``, SiLU, BatchNorm1d, skips): a stem, ``depth`` SE blocks in a ModuleList, a head."""
+
+    def __init__(self, classes: int = 10, channels: int = 32, depth: int = 2) -> None:
+        super().__init__()
+        self.stem, self.bn = nn.Conv1d(1, channels, 5, padding=2), nn.BatchNorm1d(channels)
+        self.blocks = nn.ModuleList([_ResidualBlock(channels) for _ in range(depth)])
+        self.head = nn.Linear(channels, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.bn(self.stem(x.unsqueeze(1))))
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h.mean(-1))
