@@ -147,7 +147,7 @@ def test_bad_recipe_leaves_the_model_untouched():
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4))
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(RecipeError):
-        wattless.prepare(model, TWO_FOUR, torch.randn(4, 6))
+        wattless.prepare(model, {"prune": {"pattern": "n:m", "layers": ["0", "2"]}}, torch.randn(4, 6))  # '0': 6 inputs
     assert model.state_dict().keys() == before.keys()
 
 

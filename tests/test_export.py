@@ -192,7 +192,7 @@ def test_requantization_fuses_convs_and_is_held_to_the_same_classes(baselines, t
     fused = export_model(model, wl, tmp_path / "fused.onnx", requantize=True)
     exact = export_model(model, wl, tmp_path / "exact.onnx", requantize=False)
     ops = {name: [n.op_type for n in onnx.load(str(tmp_path / name)).graph.node] for name in ("fused.onnx", "exact.onnx")}
-    assert ops["fused.onnx"].count("QLinearConv") == 1  # conv2 -> relu -> flatten -> fc's quantizer; conv1 meets a BN
+    assert ops["fused.onnx"].count("QLinearConv") == 2  # conv1's BatchNorm is folded into it: both convs fuse
     assert "QLinearConv" not in ops["exact.onnx"] and ops["exact.onnx"].count("ConvInteger") == 2
     assert fused.parity.requantized and fused.parity.agree >= 0.99 and "QLinearConv" in fused.layers["conv2"]
     assert not exact.parity.requantized and exact.parity.within >= 0.99

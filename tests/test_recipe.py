@@ -18,7 +18,7 @@ RECIPES = Path(__file__).parents[1] / "recipes"
 @pytest.mark.parametrize("path", sorted(RECIPES.glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_recipes_load(path):
     recipe = load_recipe(path)
-    assert recipe.techniques()
+    assert recipe.techniques() or recipe.train.epochs == 0  # mnist1d-fp32: the baseline itself, as a run
 
 
 def test_unknown_key_wrong_type_and_bad_value_name_key_and_file(tmp_path):
@@ -49,7 +49,7 @@ def _model() -> nn.Module:
 def test_impossible_combination_fails_before_training_and_leaves_the_model_alone():
     model = _model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    recipe = parse_recipe({"prune": {"pattern": "n:m", "n": 2, "m": 4}})
+    recipe = parse_recipe({"prune": {"pattern": "n:m", "n": 2, "m": 4, "layers": ["0", "2"]}})
     context = ApplyContext(example_input=torch.randn(4, 10))
     with pytest.raises(RecipeError, match=r"key `prune`.*0"):  # the first Linear has 10 inputs
         check_recipe(recipe, model, context, "r.toml")

@@ -107,7 +107,7 @@ def _export(m: nn.Module, example: torch.Tensor, hint: str, opset: int) -> Any:
     """The ONNX ModelProto torch.onnx writes for m on a dynamic batch."""
     batch = torch.export.Dim.DYNAMIC
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(None), _quiet("onnxscript", "torch.onnx", "torch.export"):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(None), _quiet("onnxscript", "onnx_ir", "torch.onnx", "torch.export"):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(m, (example,), dynamo=True, opset_version=opset, optimize=True,
                                         custom_translation_table=_translation(), dynamic_shapes=({0: batch},),
