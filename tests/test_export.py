@@ -408,3 +408,17 @@ def test_pruned_symmetric_encoder_cuts_units_out_of_the_fused_product(tmp_path):
     assert shapes["encoder.layer.0.intermediate.dense.weight"] == (384, 768)
     assert shapes["encoder.layer.0.output.dense.weight"] == (768, 384)
     assert saturating_products(tmp_path / "m.onnx") == []
+
+
+def test_seven_bit_symmetric_encoder_holds_only_products_exact_in_u8_x_s8(tmp_path):
+    """7-bit weights: every product keeps s8 weights in the portable file (no pair of u8 x s8 products can
+    pass int16), so AVX2 without VNNI runs the same fast u8 x s8 kernel as VNNI, exactly."""
+    from wattless.kernels import integer_products
+
+    wl, model = _one_layer_encoder(PER_TOKEN_SYMMETRIC.model_copy(update={"smooth_skip": ["*layer.?.output.dense"],
+                                                                          "weight_bits": 7}))
+    report = export_model(model, wl, tmp_path / "m.onnx")
+    assert report.parity.passed
+    products = integer_products(onnx.load(str(tmp_path / "m.onnx")))
+    assert len(products) == 4 and all(p.weight_form == "s8" and p.exact_everywhere for p in products)
+    assert saturating_products(tmp_path / "m.onnx") == []
