@@ -111,7 +111,6 @@ def test_bench_command_line_errors_exit_2(capsys, monkeypatch):
 
 
 def test_operator_times_counts_each_operator_type_per_call():
-    import onnx
     from onnx import TensorProto, helper
 
     from wattless.bench import operator_times
