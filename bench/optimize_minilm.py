@@ -5,7 +5,10 @@ Goal (issue 3): mean sentence cosine to fp32 >= 0.99 and nearest-neighbour agree
 Runtime's `quantize_dynamic` got 0.961 and 0.84 (shared/REFERENCE.md). All rows are measured here, on the
 same sentences, side by side in one process.
 
-    python bench/optimize_minilm.py [--out bench/out/minilm-int8] [--json bench/out/optimize_minilm.json]
+    python bench/optimize_minilm.py [--recipe recipes/minilm-int8.toml] [--out bench/out/minilm-int8]
+                                    [--json bench/out/optimize_minilm.json]
+
+`--recipe recipes/minilm-fast.toml --out bench/out/minilm-fast` trains the run bench/export_minilm.py times.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from wattless.workloads import get_workload
 RECIPE = Path(__file__).parents[1] / "recipes" / "minilm-int8.toml"
 
 
-def baseline_rows(wl) -> list[dict]:
+def baseline_rows(wl, recipe: Path = RECIPE) -> list[dict]:
     fp32 = wl.build_model().eval()
     calib = [wl.prepare_inputs(wl.train.take(slice(i, i + 16)).inputs) for i in range(0, 128, 16)]
     rows = [{"name": "torch fp32", **wl.evaluate(fp32, wl.test)},
@@ -40,7 +43,7 @@ def baseline_rows(wl) -> list[dict]:
     ptq_int8_(ptq, calib[0], act_range="percentile")
     rows.append({"name": "wattless post-training int8, per tensor (no training)", **wl.evaluate(ptq, wl.test)})
     same_quantizer = copy.deepcopy(fp32)  # the recipe's quantizer (per token, smoothing), steps as set, no training
-    apply_(same_quantizer, load_recipe(RECIPE).quantize, apply_context(wl))
+    apply_(same_quantizer, load_recipe(recipe).quantize, apply_context(wl))
     rows.append({"name": "the recipe's quantizer, no training", **wl.evaluate(same_quantizer, wl.test)})
     with tempfile.TemporaryDirectory() as tmp:
         onnx_fp32 = export_onnx(fp32, calib[0], Path(tmp) / "fp32.onnx")
@@ -52,11 +55,11 @@ def baseline_rows(wl) -> list[dict]:
     return rows
 
 
-def reuse(run: Path, wl) -> dict:
+def reuse(run: Path, wl, recipe: Path = RECIPE) -> dict:
     """An existing run's metrics, evaluated again here; refused unless it ran this very recipe."""
     same = lambda r: r.model_dump(exclude={"name", "description"})  # noqa: E731
-    if same(load_recipe(run / "recipe.toml")) != same(load_recipe(RECIPE)):
-        raise SystemExit(f"{run} did not run {RECIPE}; train it with this script instead")
+    if same(load_recipe(run / "recipe.toml")) != same(load_recipe(recipe)):
+        raise SystemExit(f"{run} did not run {recipe}; train it with this script instead")
     model, _, _ = load_run(run, wl)
     metrics = json.loads((run / "metrics.json").read_text())
     metrics["metrics"] = wl.evaluate(model, wl.test)
@@ -65,20 +68,21 @@ def reuse(run: Path, wl) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--recipe", type=Path, default=RECIPE)
     parser.add_argument("--out", default="bench/out/minilm-int8")
     parser.add_argument("--json", default="bench/out/optimize_minilm.json")
     parser.add_argument("--run", help="report an existing run of this recipe instead of training again")
     args = parser.parse_args()
     wl = get_workload("minilm")
-    rows = baseline_rows(wl)
+    rows = baseline_rows(wl, args.recipe)
     if args.run:
-        metrics, wall_s = reuse(Path(args.run), wl), None
+        metrics, wall_s = reuse(Path(args.run), wl, args.recipe), None
     else:
         shutil.rmtree(args.out, ignore_errors=True)
         start = time.perf_counter()
-        metrics = optimize(wl, RECIPE, args.out, baselines=False, energy_inputs=32)
+        metrics = optimize(wl, args.recipe, args.out, baselines=False, energy_inputs=32)
         wall_s = time.perf_counter() - start
-    rows.append({"name": "wattless minilm-int8 (QAT + distillation)", **metrics["metrics"]})
+    rows.append({"name": f"wattless {load_recipe(args.recipe).name} (QAT + distillation)", **metrics["metrics"]})
     table = Table(title="all-MiniLM-L6-v2, 256 test sentences: fidelity to fp32 (measured here)")
     for col in ("model", "mean cosine", "nearest-neighbour agreement"):
         table.add_column(col, justify="right")

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from wattless.bench import RUNTIMES, bench, guard_lines
@@ -107,3 +108,20 @@ def test_bench_command_line_errors_exit_2(capsys, monkeypatch):
     with pytest.raises(SystemExit) as done:
         main()
     assert done.value.code == 2 and "--batches takes comma-separated integers" in capsys.readouterr().err
+
+
+def test_operator_times_counts_each_operator_type_per_call():
+    from onnx import TensorProto, helper
+
+    from wattless.bench import operator_times
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Add", ["r", "x"], ["a"]),
+             helper.make_node("Add", ["a", "x"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    times = operator_times(model.SerializeToString(), {"x": np.ones((4, 8), np.float32)}, threads=1, runs=5, warmup=2)
+    assert {op: t.nodes for op, t in times.by_op.items()} == {"Add": 2, "Relu": 1}
+    assert times.kernel_ms == pytest.approx(sum(t.ms_per_run for t in times.by_op.values()))
+    assert set(times.to_json()) == {"run_ms", "kernel_ms", "by_op"}

@@ -112,6 +112,7 @@ def optimized(baselines, workload: str, *configs, epochs: int = 2) -> tuple[Work
 
 
 PER_TOKEN = QuantConfig(act_granularity="token", smooth=0.5, weight_step_init="max")  # the minilm-int8 recipe's
+PER_TOKEN_SYMMETRIC = PER_TOKEN.model_copy(update={"act_grid": "symmetric"})  # the minilm-fast recipe's
 CASES = {
     "int8": ("tiny", [QuantConfig(weight_bits=8, act_bits=8)]),
     "int4": ("tiny", [QuantConfig(weight_bits=4, act_bits=4)]),
@@ -124,6 +125,8 @@ CASES = {
     "early-exit": ("exits", [ExitConfig(after=["relu1"], target_accuracy_drop=0.02), QuantConfig()]),
     "per-token-smoothed": ("tiny", [PER_TOKEN]),
     "per-token-structured": ("tiny", [PruneConfig(pattern="structured", sparsity=0.5), PER_TOKEN]),
+    "per-token-symmetric": ("tiny", [PER_TOKEN_SYMMETRIC]),
+    "per-token-symmetric-structured": ("tiny", [PruneConfig(pattern="structured", sparsity=0.5), PER_TOKEN_SYMMETRIC]),
 }
 
 
@@ -352,4 +355,70 @@ def test_per_token_smoothed_encoder_exports_with_integer_kernels(tmp_path):
                                                          "attention.self.value", "intermediate.dense")]
     shared = [t for t in onnx.load(str(tmp_path / "m.onnx")).graph.initializer if t.name.endswith("smooth_factor")]
     assert len(shared) == 2  # one for Q, K, V; one for the FFN's first layer
+    assert saturating_products(tmp_path / "m.onnx") == []
+
+
+def _one_layer_encoder(config: QuantConfig, *prune: PruneConfig):
+    import dataclasses
+
+    from wattless.workloads import get_workload
+
+    full = get_workload("minilm")
+    wl = dataclasses.replace(full, test=full.test.take(slice(0, 32)))
+    model = wl.build_model()
+    model.encoder.layer = model.encoder.layer[:1]
+    context = ApplyContext(example_input=wl.prepare_inputs(wl.train.take(slice(0, 16)).inputs))
+    for c in prune:
+        apply_(model, c, context).finish(model, context)
+    apply_(model, config, context).finish(model, context)
+    return wl, model
+
+
+def test_symmetric_per_token_encoder_runs_one_quantization_per_input_and_no_zero_point_correction(tmp_path):
+    """The minilm-fast recipe's quantizer on one BERT layer: Q, K and V are one product on one QuantizeLinear
+    of their input, the output projection's smoothing is folded into V, and no product needs a zero-point
+    correction in int32."""
+    wl, model = _one_layer_encoder(PER_TOKEN_SYMMETRIC.model_copy(update={"smooth_skip": ["*layer.?.output.dense"]}))
+    report = export_model(model, wl, tmp_path / "m.onnx")
+    assert report.parity.passed and report.parity.within == 1.0
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 4 and ops.count("QuantizeLinear") == 4  # QKV, out, fc1, fc2
+    assert not {"MatMulInteger", "MatMul", "ReduceMin", "Sub", "Round", "Cast"} & set(ops)
+    assert ops.count("Split") == 1 and ops.count("MultiHeadAttention") == 1
+    mha = next(n for n in graph.node if n.op_type == "MultiHeadAttention")
+    assert len(mha.input) == 4  # Q, K, V's biases added inside attention
+    divisors = [t.name for t in graph.initializer if t.name.endswith("smooth_factor")]
+    assert len(divisors) == 2  # Q, K, V share one; the FFN's first layer; the output projection's is in V
+    assert "folded" in report.layers["encoder.layer.0.attention.output.dense"]
+    assert "one product with 2 more" in report.layers["encoder.layer.0.attention.self.value"]
+    assert saturating_products(tmp_path / "m.onnx") == []
+
+
+def test_pruned_symmetric_encoder_cuts_units_out_of_the_fused_product(tmp_path):
+    wl, model = _one_layer_encoder(PER_TOKEN_SYMMETRIC.model_copy(update={"smooth_skip": ["*layer.?.output.dense"]}),
+                                   PruneConfig(pattern="structured", granularity="head", sparsity=0.5),
+                                   PruneConfig(pattern="structured", granularity="neuron", sparsity=0.5))
+    report = export_model(model, wl, tmp_path / "m.onnx")
+    assert report.parity.passed
+    assert report.removed == {"encoder.layer.0.attention": {"kept": 6, "total": 12},
+                              "encoder.layer.0.intermediate": {"kept": 768, "total": 1536}}
+    shapes = _initializers(tmp_path / "m.onnx")
+    assert shapes["encoder.layer.0.attention.self.query.weight"] == (384, 3 * 192)  # Q, K, V: 6 heads of 32 each
+    assert shapes["encoder.layer.0.intermediate.dense.weight"] == (384, 768)
+    assert shapes["encoder.layer.0.output.dense.weight"] == (768, 384)
+    assert saturating_products(tmp_path / "m.onnx") == []
+
+
+def test_seven_bit_symmetric_encoder_holds_only_products_exact_in_u8_x_s8(tmp_path):
+    """7-bit weights: every product keeps s8 weights in the portable file (no pair of u8 x s8 products can
+    pass int16), so AVX2 without VNNI runs the same fast u8 x s8 kernel as VNNI, exactly."""
+    from wattless.kernels import integer_products
+
+    wl, model = _one_layer_encoder(PER_TOKEN_SYMMETRIC.model_copy(update={"smooth_skip": ["*layer.?.output.dense"],
+                                                                          "weight_bits": 7}))
+    report = export_model(model, wl, tmp_path / "m.onnx")
+    assert report.parity.passed
+    products = integer_products(onnx.load(str(tmp_path / "m.onnx")))
+    assert len(products) == 4 and all(p.weight_form == "s8" and p.exact_everywhere for p in products)
     assert saturating_products(tmp_path / "m.onnx") == []

@@ -82,7 +82,8 @@ def exports(tmp_path_factory):
 @pytest.fixture(scope="module")
 def other_kernels(tmp_path_factory):
     """Exports whose products run ConvInteger, QLinearConv (requantized, codes spread to 8 bits) and
-    per-token MatMulInteger; their inputs beside them."""
+    per-token MatMulInteger, per-token symmetric MatMulIntegerToFloat (8-bit weights: u8 x u8 in the portable
+    file; 7-bit: u8 x s8 that cannot saturate); their inputs beside them."""
     from tests.test_export import _conv_net, _signals, _workload
 
     folder = tmp_path_factory.mktemp("other-kernels")
@@ -90,7 +91,11 @@ def other_kernels(tmp_path_factory):
     token = tiny()
     cases = {"conv-int8": (conv, QuantConfig(weight_bits=8, act_bits=8), False),
              "conv-int4-requantized": (conv, QuantConfig(weight_bits=4, act_bits=4), True),
-             "per-token": (token, QuantConfig(act_granularity="token", smooth=0.5, weight_step_init="max"), False)}
+             "per-token": (token, QuantConfig(act_granularity="token", smooth=0.5, weight_step_init="max"), False),
+             "per-token-symmetric": (token, QuantConfig(act_granularity="token", act_grid="symmetric", smooth=0.5,
+                                                        weight_step_init="max"), False),
+             "per-token-symmetric-w7": (token, QuantConfig(weight_bits=7, act_granularity="token", act_grid="symmetric",
+                                                           smooth=0.5, weight_step_init="max"), False)}
     for name, (wl, config, fuse) in cases.items():
         model = _quantized(wl, wl.build_model(), config)
         export_model(model, wl, folder / f"{name}.onnx", requantize=fuse, tolerance=Tolerance(min_agree=0.9))
@@ -225,4 +230,4 @@ def test_other_kernels_are_portable(other_kernels):
     for n in names:
         assert saturating_products(other / f"{n}.onnx") == []
         ops |= {p.op_type for p in kernels.integer_products(other / f"{n}.onnx")}
-    assert {"ConvInteger", "QLinearConv", "MatMulInteger"} <= ops
+    assert {"ConvInteger", "QLinearConv", "MatMulInteger", "MatMulIntegerToFloat"} <= ops

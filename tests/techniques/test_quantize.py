@@ -325,6 +325,25 @@ def test_per_token_codes_fit_k_bits_per_row_and_zero_stays_exact():
     assert float((q - x).abs().amax(-1).div(x.abs().amax(-1)).max()) < 0.15
 
 
+def test_symmetric_per_token_grid_is_each_rows_max_with_no_zero_point():
+    layer = nn.Linear(16, 6)
+    quantize(layer, torch.randn(4, 16), act_bits=8, act_granularity="token", act_grid="symmetric")
+    x = torch.randn(3, 7, 16) * torch.linspace(0.1, 10, 7)[:, None]
+    x[0, 0, :4] = 0
+    q = layer._quantize_input(x)
+    step = x.abs().amax(-1, keepdim=True) / 127
+    codes = q / step
+    assert torch.allclose(codes, codes.round(), atol=1e-3) and codes.abs().max() <= 127 + 1e-3
+    assert torch.equal(q[0, 0, :4], torch.zeros(4))  # zero is a code: no zero point
+    assert torch.allclose(codes.abs().amax(-1), torch.full((3, 7), 127.0))  # each row's max is the top code
+    assert "per token, symmetric" in repr(layer)
+
+
+def test_symmetric_grid_needs_per_token_activations():
+    with pytest.raises(ValidationError, match="act_granularity"):
+        QuantConfig(act_grid="symmetric")
+
+
 def test_per_token_beats_per_tensor_on_rows_of_different_scales():
     torch.manual_seed(0)
     model, x = mlp(), torch.randn(64, 32) * torch.logspace(-2, 1, 64)[:, None]

@@ -26,8 +26,8 @@ The public names are those of ``__all__``; the modules beside this file hold one
 runtimes by name), inputs (the arrays every runtime is timed on), process (the worker: one runtime timed in
 its own process, and the subprocess protocol; ``python -m wattless.bench --worker SPEC.json`` runs
 __main__), plan (the settings, checked), prepare (every runtime's file, size and estimated energy), rows
-(BenchRow, speedups, the guard, the result JSON with machine info), table (the printed table) and run (the
-`bench` verb).
+(BenchRow, speedups, the guard, the result JSON with machine info), table (the printed table), run (the
+`bench` verb) and profile (ONNX Runtime's profiler summed per operator type: where a model's time goes).
 """
 
 from wattless.bench.rows import BenchRow
@@ -35,7 +35,8 @@ from wattless.bench.run import bench
 from wattless.bench.runtimes import AS_WRITTEN, GUARD_BASELINE, RUNTIMES, WATTLESS_FILE
 from wattless.bench.table import guard_lines, print_table
 from wattless.bench.process import worker
+from wattless.bench.profile import OperatorTimes, operator_times
 from wattless.kernels import CPU_FEATURES, cpu_features
 
 __all__ = ["bench", "BenchRow", "print_table", "cpu_features", "RUNTIMES", "AS_WRITTEN", "GUARD_BASELINE",
-           "CPU_FEATURES", "guard_lines", "worker", "WATTLESS_FILE"]
+           "CPU_FEATURES", "guard_lines", "worker", "WATTLESS_FILE", "operator_times", "OperatorTimes"]

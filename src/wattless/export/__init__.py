@@ -11,6 +11,8 @@ What the file holds (docs/EXPORT.md has the whole story), one module each:
               technique's structural_cuts); unstructured and 2:4 zeros stay dense (no sparse CPU kernel).
 - qlayers     quantized layers on integer kernels (MatMulIntegerToFloat, ConvInteger, MatMulNBits, per-token
               MatMulInteger, SmoothQuant's Div), reading the quantization technique's integer_weights/act_scale.
+- tokens      per-token symmetric activations: one per-axis QuantizeLinear per shared input, MatMulIntegerToFloat
+              with no zero-point correction, the rows layout of an encoder's activations.
 - table       the module-to-emitter table; ``translation(cls)`` registers an emitter for a module class.
 - walk        the walk: leaf modules through the table, torch.fx graphs for the rest.
 - fuse        requantization: an integer conv feeding only the next quantizer becomes one QLinearConv.

@@ -15,7 +15,8 @@ from wattless.errors import ExportError
 from wattless.export.cut import Keep
 from wattless.export.graph import F32, I64, MS, U8, Ctx, Graph, route_outputs, to_numpy, value
 from wattless.export.moe import emit_moe
-from wattless.export.qlayers import linear
+from wattless.export.qlayers import fusable, linear, smooth_divisor, token_products
+from wattless.export.tokens import ROWS, back_to_tokens, use_rows
 from wattless.export.table import gelu
 from wattless.techniques.moe import MoEMLP
 
@@ -65,11 +66,38 @@ def _attention(g: Graph, ctx: Ctx, layer: nn.Module, x: str, p: str, heads: int)
     ctx.keep.keep_units(out.dense, "weight", 1, kept, size)
     if len(kept) < heads:
         ctx.keep.removed[f"{p}.attention"] = {"kept": int(len(kept)), "total": heads}
+    heads_kept = {"num_heads": int(len(kept)), "scale": 1.0 / math.sqrt(size)}
+    if fusable([att.query, att.key, att.value]):
+        return _fused_attention(g, ctx, layer, x, p, heads_kept, int(len(kept)) * size)
     q, k, v = (linear(g, ctx, proj, x, f"{p}.attention.self.{n}")
                for proj, n in ((att.query, "query"), (att.key, "key"), (att.value, "value")))
-    a = g.op("MultiHeadAttention", [q, k, v], f"{p}.attention", domain=MS, num_heads=int(len(kept)),
-             scale=1.0 / math.sqrt(size))
+    a = g.op("MultiHeadAttention", [q, k, v], f"{p}.attention", domain=MS, **heads_kept)
     return linear(g, ctx, out.dense, a, f"{p}.attention.output.dense")
+
+
+def _fused_attention(g: Graph, ctx: Ctx, layer: nn.Module, x: str, p: str, heads: dict[str, Any], width: int) -> str:
+    """Q, K and V as one product on one quantization of x; their biases added inside MultiHeadAttention.
+    The output projection's SmoothQuant factor is folded into V's weight scale and bias (attention is
+    linear in V, per channel), so its input needs no Div."""
+    att, out = layer.attention.self, layer.attention.output
+    divisor = smooth_divisor(ctx, out.dense) if fusable([out.dense]) else None
+    names = [f"{p}.attention.self.{n}" for n in ("query", "key", "value")]
+    y, bias = token_products(g, ctx, [att.query, att.key, att.value], x, names,
+                             divide={2: divisor} if divisor is not None else None)
+    q, k, v = g.op("Split", [back_to_tokens(g, y, x, f"{p}.attention.self", always=True)], f"{p}.attention.self",
+                   outputs=3, axis=-1, num_outputs=3)
+    inputs = [q, k, v] + ([g.const(bias, f"{p}.attention.self.bias")] if bias is not None else [])
+    a = g.op("MultiHeadAttention", inputs, f"{p}.attention", domain=MS, **heads)  # (batch, tokens, kept)
+    if ROWS in g.memo:
+        a = g.op("Reshape", [a, g.const([-1, width], f"{p}.rows", I64)], f"{p}.attention")
+    return linear(g, ctx, out.dense, a, f"{p}.attention.output.dense", smoothed=divisor is not None)
+
+
+def _rows_layout(model: nn.Module) -> bool:
+    """Activations as rows when every product is a symmetric per-token one and no MoE block needs tokens."""
+    linears = [m for m in model.encoder.modules() if isinstance(m, nn.Linear)]
+    moe = any(isinstance(m, MoEMLP) for m in model.modules())
+    return bool(linears) and not moe and all(fusable([m]) for m in linears)
 
 
 def _ffn(g: Graph, ctx: Ctx, layer: nn.Module, x: str, p: str) -> str:
@@ -143,8 +171,13 @@ def build_bert(model: nn.Module, workload: str) -> tuple[Any, Ctx, dict[str, Any
     cfg = model.config
     ctx, g, ids = Ctx(Keep()), Graph(), "input_ids"
     x = _embeddings(g, ctx, model.embeddings, ids)
+    if _rows_layout(model):  # (batch x tokens, hidden) from here to the pooling
+        use_rows(g, ids)
+        x = g.op("Reshape", [x, g.const([-1, cfg.hidden_size], "rows_hidden", I64)], "rows")
     for i, layer in enumerate(model.encoder.layer):
         x = _bert_layer(g, ctx, layer, x, i, cfg.layer_norm_eps, cfg.num_attention_heads)
+    if ROWS in g.memo:
+        x = g.op("Reshape", [x, g.memo[ROWS][0]], "pool")
     pooled = g.op("ReduceMean", [x, g.const([1], "axis1", I64)], "pool", keepdims=0)  # no padding: a plain mean
     g.nodes.append(helper.make_node("LpNormalization", [pooled], ["embedding"], name="embedding", axis=-1, p=2))
     outputs = [value("embedding", TensorProto.FLOAT, ["batch", cfg.hidden_size])]

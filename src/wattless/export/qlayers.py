@@ -5,7 +5,9 @@ The input is quantized with the step the QAT learned (QuantizeLinear, uint8; sig
 product runs in ``MatMulIntegerToFloat`` (com.microsoft) or ``ConvInteger``; bits below 8 are the same codes
 in int8 containers (exact), with a Clip for activations. A layer with 4-bit weights and float activations
 runs ``MatMulNBits``. A Linear quantized per token computes each row's grid in the graph and runs
-``MatMulInteger``; a smoothed one divides its input by its SmoothQuant factor first.
+``MatMulInteger`` (asymmetric grid) or ``MatMulIntegerToFloat`` (symmetric grid, export/tokens.py; layers
+reading one input can run as one product, ``token_products``); a smoothed one divides its input by its
+SmoothQuant factor first.
 
 What a layer's integers are is the quantization technique's answer (is_quantized, integer_weights,
 act_scale in wattless.techniques.quantize); this module only writes them as ONNX."""
@@ -19,10 +21,12 @@ from torch import nn
 
 from wattless.errors import ExportError
 from wattless.export.graph import F32, I8, I64, MS, U8, Ctx, Graph, to_numpy
+from wattless.export.tokens import back_to_tokens, quantize_rows, row_product
 from wattless.techniques.prune import is_depthwise
 from wattless.techniques.quantize import act_scale, integer_weights, is_quantized
 
-__all__ = ["linear", "conv", "quantize", "quantize_input", "quantize_tokens", "weights"]
+__all__ = ["linear", "conv", "quantize", "quantize_input", "quantize_tokens", "weights", "token_products",
+           "fusable", "smooth_divisor"]
 
 
 def quantize_input(g: Graph, x: str, m: nn.Module, hint: str) -> tuple[str, str, str]:
@@ -54,13 +58,18 @@ def weights(ctx: Ctx, m: nn.Module) -> tuple[np.ndarray, np.ndarray | None, np.n
 
 # --- Linear ----------------------------------------------------------------------------------------------
 
-def linear(g: Graph, ctx: Ctx, m: nn.Linear, x: str, hint: str) -> str:
+def linear(g: Graph, ctx: Ctx, m: nn.Linear, x: str, hint: str, *, smoothed: bool = False) -> str:
+    """``smoothed``: x is already divided by the layer's SmoothQuant factor (folded into the op before it)."""
+    if is_quantized(m) and m.per_token and m.token_symmetric:
+        y, b = token_products(g, ctx, [m], x, [hint], smoothed=smoothed)
+        y = g.op("Add", [y, g.const(b, f"{hint}.bias")], hint) if b is not None else y
+        return back_to_tokens(g, y, x, hint)
     w, s, b = weights(ctx, m)  # w: (out, in)
     bias = g.const(b, f"{hint}.bias") if b is not None else ""
     if not is_quantized(m):
         ctx.layers[hint] = "fp32 MatMul"
         return _add(g, g.op("MatMul", [x, g.const(w.T, f"{hint}.weight")], hint), bias, hint)
-    if m.smooth_factor is not None:  # w is already the smoothed weight's codes (integer_weights)
+    if m.smooth_factor is not None and not smoothed:  # w is already the smoothed weight's codes
         x = _smooth(g, ctx, m, x, hint)
     if m.act_bits is not None and not m.per_token:
         return _integer_to_float(g, ctx, m, x, w, s, bias, hint)
@@ -96,6 +105,49 @@ def _float_activations(g: Graph, ctx: Ctx, m: nn.Module, x: str, w: np.ndarray, 
     wt = g.op("DequantizeLinear", [g.const(w.T, f"{hint}.weight", I8), g.const(s, f"{hint}.weight_scale")],
               hint, axis=1)
     return g.op("MatMul", [x, wt], hint)
+
+
+def fusable(mods: list[nn.Module]) -> bool:
+    """Whether these layers (reading one input) can run as one product: symmetric per-token layers with the
+    same activation bits and the same smoothing."""
+    if not all(is_quantized(m) and m.per_token and m.token_symmetric for m in mods):
+        return False
+    factors = [None if m.smooth_factor is None else to_numpy(m.smooth_factor).tobytes() for m in mods]
+    return len({m.act_bits for m in mods}) == 1 and len(set(factors)) == 1
+
+
+def token_products(g: Graph, ctx: Ctx, mods: list[nn.Module], x: str, hints: list[str], *, smoothed: bool = False,
+                   divide: dict[int, np.ndarray] | None = None) -> tuple[str, np.ndarray | None]:
+    """Symmetric per-token layers reading x, as one product: (rows, sum of outputs) without bias, and the
+    concatenated bias (None if no layer has one). ``divide[i]``: per-output-channel divisors folded into
+    layer i's weight scale and bias (the next layer's SmoothQuant factor, where what lies between is linear
+    per channel, as attention is in V)."""
+    m0, hint = mods[0], hints[0]
+    if m0.smooth_factor is not None and not smoothed:
+        x = _smooth(g, ctx, m0, x, hint)
+    parts = [weights(ctx, m) for m in mods]
+    divide = divide or {}
+    codes = np.concatenate([w for w, _, _ in parts])
+    scale = np.concatenate([s / divide.get(i, 1.0) for i, (_, s, _) in enumerate(parts)]).astype(F32)
+    biases = [b if b is not None else np.zeros(len(w), F32) for w, _, b in parts]
+    bias = (np.concatenate([b / divide.get(i, 1.0) for i, b in enumerate(biases)]).astype(F32)
+            if any(b is not None for _, _, b in parts) else None)
+    q, step = quantize_rows(g, x, codes.shape[1], m0.act_bits, hint)
+    for m, name in zip(mods, hints):
+        ctx.layers[name] = (
+            f"int8 MatMulIntegerToFloat, per-token symmetric activations (w{m.weight_bits}a{m.act_bits}, "
+            f"per-channel)" + (_smoothed_note(m) if not smoothed else ", SmoothQuant folded into the op before it")
+            + (f", one product with {len(mods) - 1} more" if len(mods) > 1 else ""))
+    return row_product(g, q, step, codes, scale, hint), bias
+
+
+def smooth_divisor(ctx: Ctx, m: nn.Module) -> np.ndarray | None:
+    """The SmoothQuant factor of m's input channels that are kept (None if m is not smoothed)."""
+    if not is_quantized(m) or m.smooth_factor is None:
+        return None
+    factor = to_numpy(m.smooth_factor)
+    idx = ctx.keep.index.get((id(m), "weight", 1))
+    return factor if idx is None else factor[idx]
 
 
 def _smoothed_note(m: nn.Module) -> str:

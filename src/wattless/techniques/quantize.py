@@ -15,7 +15,8 @@ learned, initialised to 2 mean|x| / sqrt(Qp) (capped at max|x| / Qp, see _lsq_in
 scaled by g = 1 / sqrt(N Qp).
 
 Options for pretrained transformers (``recipes/minilm-int8.toml``): ``act_granularity="token"`` rounds each row
-of a Linear's input on its own [min, max] grid at run time (dynamic, asymmetric), ``smooth=a`` applies
+of a Linear's input on its own [min, max] grid at run time (dynamic, asymmetric; ``act_grid="symmetric"``: on
+its own max|x| grid, no zero point), ``smooth=a`` applies
 SmoothQuant's per-channel factors (computed once from training batches, shared by layers reading one tensor),
 and ``weight_step_init="max"`` starts learned weight steps where nothing clips.
 
@@ -80,6 +81,10 @@ class QuantConfig(TechniqueConfig):
     # "token": a Linear's input rounded per row (one token, one vector) on a step and zero point taken from
     # that row at run time (asymmetric, dynamic); conv layers keep one learned step per tensor.
     act_granularity: Literal["tensor", "token"] = "tensor"
+    # The per-token grid: "asymmetric" (each row's [min, max], a zero point per row) or "symmetric" (each
+    # row's max|x| on 2^(k-1) - 1 levels each side, no zero point): the symmetric grid runs as one
+    # QuantizeLinear and one integer product with no zero-point correction (docs/EXPORT.md).
+    act_grid: Literal["asymmetric", "symmetric"] = "asymmetric"
     # SmoothQuant's migration strength a (Xiao et al. 2023, arXiv:2211.10438): per input channel j of a Linear,
     # s_j = max|x_j|^a / max|w_j|^(1-a) from calibration batches, and the layer computes (x / s)(s w), moving
     # activation outliers into the weights. Layers reading one tensor (Q, K, V) share one s, so it folds into
@@ -95,6 +100,9 @@ class QuantConfig(TechniqueConfig):
     def _skip_needs_smooth(self) -> "QuantConfig":
         if self.smooth_skip and self.smooth is None:
             raise ValueError("smooth_skip is given but smooth is not set: set smooth (e.g. 0.5) or drop smooth_skip")
+        if self.act_grid != "asymmetric" and self.act_granularity != "token":
+            raise ValueError(f"act_grid={self.act_grid!r} applies to per-token activations: set "
+                             "act_granularity = \"token\" or drop act_grid")
         return self
 
 
@@ -155,11 +163,12 @@ class _QuantMixin:
 
     def _setup(self, weight_bits: int, act_bits: int | None, per_channel: bool, learn_step: bool,
                act_init: str | float, *, per_token: bool = False, smooth: torch.Tensor | None = None,
-               weight_init: str = "lsq") -> None:
+               weight_init: str = "lsq", token_grid: str = "asymmetric") -> None:
         self.weight_bits, self.act_bits, self.per_channel, self.learn_step = (
             weight_bits, act_bits, per_channel, learn_step)
         self._act_init, self.steps_frozen, self._steps_ready = act_init, False, False
         self.per_token = per_token and act_bits is not None and isinstance(self, nn.Linear)
+        self.token_symmetric = self.per_token and token_grid == "symmetric"
         self._weight_init = weight_init
         self.wattless_weight_precision = f"int{weight_bits}"
         w = self.weight.detach()
@@ -239,12 +248,22 @@ class _QuantMixin:
     def _quantize_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Each row (token) of x on its own asymmetric grid: [min, max] of the row (zero included) in
         2^k - 1 steps, the zero point rounded so that 0 is exact."""
+        if self.token_symmetric:
+            return self._quantize_tokens_symmetric(x)
         levels = 2**self.act_bits - 1
         with torch.no_grad():
             lo, hi = x.amin(-1, keepdim=True).clamp(max=0), x.amax(-1, keepdim=True).clamp(min=0)
             s = ((hi - lo) / levels).clamp_min(torch.finfo(x.dtype).tiny)
             z = (-lo / s).round()
         return (_round_ste(x / s + z).clamp(0, levels) - z) * s
+
+    def _quantize_tokens_symmetric(self, x: torch.Tensor) -> torch.Tensor:
+        """Each row (token) of x on its own symmetric grid: s = max|x_row| / (2^(k-1) - 1), codes round(x / s)
+        in [-(2^(k-1) - 1), 2^(k-1) - 1]; zero is a code, so no zero point."""
+        qp = 2 ** (self.act_bits - 1) - 1
+        with torch.no_grad():
+            s = (x.abs().amax(-1, keepdim=True) / qp).clamp_min(torch.finfo(x.dtype).tiny)
+        return _round_ste(x / s).clamp(-qp, qp) * s
 
     def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.per_token:
@@ -291,7 +310,7 @@ class _QuantMixin:
 
     def extra_repr(self) -> str:
         act = f"int{self.act_bits}" if self.act_bits is not None else "float"
-        act += " per token" if self.per_token else ""
+        act += (" per token, symmetric" if self.token_symmetric else " per token") if self.per_token else ""
         smooth = ", smoothed" if self.smooth_factor is not None else ""
         return f"{super().extra_repr()}, weight=int{self.weight_bits}, act={act}{smooth}"
 
@@ -454,7 +473,7 @@ def _quantize_layers(model: nn.Module, config: QuantConfig, example_input: Any,
             module.__class__ = _quant_class(module)
             module._setup(*_layer_bits(name, config), config.per_channel, config.learn_step, act_init,
                           per_token=config.act_granularity == "token", smooth=factors.get(name),
-                          weight_init=config.weight_step_init)
+                          weight_init=config.weight_step_init, token_grid=config.act_grid)
     if example_input is not None:
         _calibrate(model, example_input)
     return Quantization(left_float)
@@ -507,6 +526,7 @@ class Quantization(Technique):
         modules = dict(model.named_modules())
         layers = {n: {"weight_bits": m.weight_bits, "act_bits": m.act_bits,
                       "act_granularity": "token" if m.per_token else "tensor",
+                      "act_grid": "symmetric" if m.token_symmetric else "asymmetric",
                       "smoothed": m.smooth_factor is not None}
                   for n, m in modules.items() if isinstance(m, _QuantMixin)}
         bits = {**{n: 32 for n in self.left_float}, **{n: v["weight_bits"] for n, v in layers.items()}}
@@ -524,7 +544,7 @@ class Quantization(Technique):
 
 def is_quantized(module: nn.Module) -> bool:
     """Whether ``module`` computes with integer codes (a Quant* layer): its ``weight_bits``, ``act_bits``,
-    ``per_token`` and ``smooth_factor`` then say how, and integer_weights / act_scale read the integers."""
+    ``per_token``, ``token_symmetric`` and ``smooth_factor`` then say how, and integer_weights / act_scale read the integers."""
     return isinstance(module, _QuantMixin)
 
 
