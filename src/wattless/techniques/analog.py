@@ -30,7 +30,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -58,14 +58,21 @@ class AnalogConfig(TechniqueConfig):
     layers: list[str] = Field(default_factory=lambda: ["*"], description="globs of layer names mapped to tiles")
     skip: list[str] = Field(default_factory=list, description="globs of layers kept digital")
     hwa: bool = Field(True, description="hardware-aware training: noise and converters in every training forward")
-    train_weight_noise: float = Field(0.06, ge=0, le=1, description="std of the additive weight noise injected "
-                                      "while training, relative to each output's max |w|")
+    train_noise: Literal["pcm", "gaussian"] = Field(
+        "pcm", description="pcm: each training forward reads the weights off a freshly programmed chip at a time "
+        "drawn log-uniformly over times_s (the evaluation's noise model); gaussian: additive noise only")
+    train_weight_noise: float = Field(0.0, ge=0, le=1, description="std of additive Gaussian weight noise injected "
+                                      "while training (on top), relative to each output's max |w|")
     train_out_noise: bool = Field(True, description="the target's output noise also while training")
     seeds: int = Field(10, ge=1, le=1000, description="noise seeds (programmed chips) per evaluation time")
     times_s: list[float] = Field(default_factory=lambda: list(TIMES_S), min_length=1,
                                  description="evaluation times, seconds after programming")
     compare_without_hwa: bool = Field(False, description="also train the same recipe without noise injection "
                                       "and evaluate it on the same chips (metrics.json accuracy_without_hwa)")
+    input_range_percentile: float = Field(99.9, gt=0, le=100, description="each layer's DAC range: this "
+                                          "percentile of |input| on training inputs (100: the max); inputs beyond clip")
+    weight_clip_sigma: float | None = Field(2.5, gt=0, description="while training with hwa, clip each output's "
+                                            "weights at this many standard deviations (none: no clipping)")
     drift_compensation: bool = True
     prog_noise_scale: float = Field(1.0, ge=0)
     read_noise_scale: float = Field(1.0, ge=0, description="scales both the 1/f drift-time and per-inference read noise")
@@ -86,15 +93,28 @@ class _Settings:
 
     device: Analog
     hwa: bool
+    train_noise: str
+    train_times_s: tuple[float, float]
+    scales: pcm.NoiseScales
+    compensate: bool
     train_weight_noise: float
     train_out_noise: bool
     out_noise_scale: float
     ideal_io: bool
+    range_percentile: float = 100.0
     tiles: list[slice] = field(default_factory=list)
     deviation: torch.Tensor | None = None  # (out, K) programmed deviation of W / w_max, None: noise-free chip
     alpha: float = 1.0  # global drift compensation
     read_noise: float = 0.0  # per-inference read noise std, relative to w_max
     gen: torch.Generator | None = None
+
+
+def _percentile(x: torch.Tensor, q: float) -> float:
+    flat = x.flatten()
+    if q >= 100 or flat.numel() < 2:
+        return float(flat.max())
+    k = max(1, min(flat.numel(), int(math.ceil(q / 100 * flat.numel()))))
+    return float(flat.kthvalue(k).values)
 
 
 def _ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -138,8 +158,10 @@ class AnalogTiles:
 
     # -- converters ------------------------------------------------------------------------------------
     def _track_range(self, x: torch.Tensor) -> torch.Tensor:
+        """The DAC range; while training, a moving average of each batch's percentile of |x|."""
         if self.training:
-            self.input_range.copy_(torch.maximum(self.input_range, x.detach().abs().amax()))
+            level = _percentile(x.detach().abs(), self._analog.range_percentile)
+            self.input_range.mul_(0.95).add_(0.05 * level)
         return self.input_range.clamp_min(1e-12)
 
     def _dac(self, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
@@ -157,10 +179,34 @@ class AnalogTiles:
         """Normalised deviation of the read weight from W / w_max for this forward, or None."""
         s = self._analog
         if self.training:
-            return s.train_weight_noise * torch.randn(shape) if s.hwa and s.train_weight_noise else None
+            if not s.hwa:
+                return None
+            dev = self._pcm_draw() if s.train_noise == "pcm" else None
+            if s.train_weight_noise:
+                extra = s.train_weight_noise * torch.randn(shape)
+                dev = extra if dev is None else dev + extra
+            return dev
         dev = s.deviation
         if s.read_noise and dev is not None:
             dev = dev + s.read_noise * torch.randn(shape, generator=s.gen)
+        return dev
+
+    def _pcm_draw(self) -> torch.Tensor:
+        """A training draw of the chip's error (normalised, drift compensation folded in): the weights
+        programmed afresh and read at a time drawn log-uniformly over the evaluation times."""
+        s = self._analog
+        d = s.device
+        lo, hi = (math.log(t) for t in s.train_times_s)
+        t_s = math.exp(lo + (hi - lo) * float(torch.rand(())))
+        w_norm = (lambda w: w / w.abs().amax(1, keepdim=True).clamp_min(1e-12))(self.weight.detach().flatten(1))
+        gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
+        chips = [pcm.program(d.g_max_us * (sign * w_norm).clamp_min(0), d, s.scales, gen) for sign in (1, -1)]
+        read = [pcm.drift(c, t_s, d, s.scales, gen) for c in chips]
+        dev = ((read[0] - chips[0].g_target) - (read[1] - chips[1].g_target)) / d.g_max_us
+        if s.compensate:
+            programmed = ((chips[0].g_prog - chips[0].g_target) - (chips[1].g_prog - chips[1].g_target)) / d.g_max_us
+            alpha = pcm.compensation(w_norm + programmed, w_norm + dev)
+            dev = alpha * (w_norm + dev) - w_norm
         return dev
 
     def _out_noise(self) -> float:
@@ -288,14 +334,15 @@ def _selected(model: nn.Module, config: AnalogConfig) -> dict[str, nn.Module]:
     return chosen
 
 
-def _calibrate_ranges(model: nn.Module, layers: dict[str, nn.Module], batches: list[Any]) -> dict[str, float]:
-    """Each layer's input range: the largest |input| over the calibration batches, seen on the digital
-    layers (before they become tiles)."""
-    seen: dict[str, float] = {}
+def _calibrate_ranges(model: nn.Module, layers: dict[str, nn.Module], batches: list[Any],
+                      percentile: float) -> dict[str, float]:
+    """Each layer's input range: the percentile of |input| over the calibration batches, seen on the
+    digital layers (before they become tiles)."""
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
 
     def hook(name: str):
         def observe(_m: nn.Module, args: tuple) -> None:
-            seen[name] = max(seen.get(name, 0.0), float(args[0].detach().abs().amax()))
+            seen[name].append(args[0].detach().abs().flatten())
         return observe
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
@@ -309,7 +356,7 @@ def _calibrate_ranges(model: nn.Module, layers: dict[str, nn.Module], batches: l
         for h in handles:
             h.remove()
         model.train(was)
-    return {name: seen.get(name, 1.0) or 1.0 for name in layers}
+    return {name: (_percentile(torch.cat(v), percentile) if v else 1.0) or 1.0 for name, v in seen.items()}
 
 
 def _batches(context: ApplyContext) -> list[Any]:
@@ -325,27 +372,54 @@ class AnalogTraining(Technique):
 
     def __init__(self, config: AnalogConfig, layers: dict[str, nn.Module]) -> None:
         self.config, self.layer_names = config, list(layers)
+        self.layers = layers
+
+    def on_step(self, step: int, total_steps: int) -> None:
+        """Clip each output's weights at weight_clip_sigma standard deviations (hwa only): fewer outliers set
+        w_max, so more of every row uses the conductance range the noise is relative to."""
+        k = self.config.weight_clip_sigma
+        if not self.config.hwa or k is None:
+            return
+        with torch.no_grad():
+            for module in self.layers.values():
+                w = module.weight
+                rows = w.flatten(1)
+                bound = (k * rows.std(1, keepdim=True)).view(-1, *([1] * (w.dim() - 1)))
+                clipped = torch.maximum(torch.minimum(w, bound), -bound)
+                _set_weight(module, clipped)
 
     def report(self, model: nn.Module) -> dict[str, Any]:
         layers = analog_layers(model)
         d = device_model(self.config.target)
         return {
-            "target": self.config.target, "hwa": self.config.hwa, "train_weight_noise": self.config.train_weight_noise,
+            "target": self.config.target, "hwa": self.config.hwa, "train_noise": self.config.train_noise,
+            "train_weight_noise": self.config.train_weight_noise,
             "layers": {n: {"tiles": len(m._analog.tiles) * math.ceil(m.weight.shape[0] / d.array_cols),
                            "input_range": float(m.input_range)} for n, m in layers.items()},
             "array": [d.array_rows, d.array_cols], "dac_bits": d.dac_bits, "adc_bits": d.adc_bits,
         }
 
 
+def _set_weight(module: nn.Module, value: torch.Tensor) -> None:
+    """Write the trained weight (under a pruning parametrization: its original, masked zeros stay zero)."""
+    if parametrize.is_parametrized(module, "weight"):
+        original = module.parametrizations.weight.original
+        original.copy_(torch.where(value == 0, original, value))
+    else:
+        module.weight.copy_(value)
+
+
 @register(AnalogConfig)
 def _apply_analog(model: nn.Module, config: AnalogConfig, context: ApplyContext) -> AnalogTraining:
     device = device_model(config.target)
     layers = _selected(model, config)
-    ranges = _calibrate_ranges(model, layers, _batches(context))
+    ranges = _calibrate_ranges(model, layers, _batches(context), config.input_range_percentile)
     for name, module in layers.items():
         module.__class__ = _analog_class(module)
-        settings = _Settings(device, config.hwa, config.train_weight_noise, config.train_out_noise,
-                             config.out_noise_scale, config.ideal_io)
+        settings = _Settings(device, config.hwa, config.train_noise, (min(config.times_s), max(config.times_s)),
+                             pcm.NoiseScales(config.prog_noise_scale, config.read_noise_scale, config.drift_scale),
+                             config.drift_compensation, config.train_weight_noise, config.train_out_noise,
+                             config.out_noise_scale, config.ideal_io, config.input_range_percentile)
         module._setup_analog(settings)
         settings.tiles = module._tile_slices(device.array_rows)
         module.input_range.fill_(ranges[name])
