@@ -4,6 +4,7 @@
     train.py    optimize
     search.py   search, report, demo
     export.py   export, bench
+    compare.py  compare (one model on digital, analog and neuromorphic targets)
     console.py  the one console (stdout) and the error console
     errors.py   one line on stderr and an exit code for every failure
 """
@@ -14,7 +15,7 @@ import sys
 
 import typer
 
-from wattless.cli import energy, export, search, train
+from wattless.cli import compare, energy, export, search, train
 from wattless.cli.errors import run
 
 __all__ = ["app", "main"]
@@ -26,7 +27,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for _verbs in (energy, train, search, export):
+for _verbs in (energy, train, search, export, compare):
     _verbs.register(app)
 
 
