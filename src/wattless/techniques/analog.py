@@ -64,6 +64,8 @@ class AnalogConfig(TechniqueConfig):
     train_weight_noise: float = Field(0.0, ge=0, le=1, description="std of additive Gaussian weight noise injected "
                                       "while training (on top), relative to each output's max |w|")
     train_out_noise: bool = Field(True, description="the target's output noise also while training")
+    train_noise_scale: float = Field(1.0, ge=0, le=10, description="training noise (the chip's error draw and the "
+                                     "output noise) times this: >1 trains for a noisier chip than the evaluation's")
     seeds: int = Field(10, ge=1, le=1000, description="noise seeds (programmed chips) per evaluation time")
     times_s: list[float] = Field(default_factory=lambda: list(TIMES_S), min_length=1,
                                  description="evaluation times, seconds after programming")
@@ -99,6 +101,7 @@ class _Settings:
     compensate: bool
     train_weight_noise: float
     train_out_noise: bool
+    train_noise_scale: float
     out_noise_scale: float
     ideal_io: bool
     range_percentile: float = 100.0
@@ -207,13 +210,14 @@ class AnalogTiles:
             programmed = ((chips[0].g_prog - chips[0].g_target) - (chips[1].g_prog - chips[1].g_target)) / d.g_max_us
             alpha = pcm.compensation(w_norm + programmed, w_norm + dev)
             dev = alpha * (w_norm + dev) - w_norm
-        return dev
+        return dev * s.train_noise_scale
 
     def _out_noise(self) -> float:
         """Output noise std (units of out_bound): while training with hwa, or on a programmed chip."""
         s = self._analog
-        on = (s.hwa and s.train_out_noise) if self.training else s.deviation is not None
-        return s.device.out_noise * s.out_noise_scale if on else 0.0
+        if self.training:
+            return s.device.out_noise * s.out_noise_scale * s.train_noise_scale if s.hwa and s.train_out_noise else 0.0
+        return s.device.out_noise * s.out_noise_scale if s.deviation is not None else 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
@@ -419,6 +423,7 @@ def _apply_analog(model: nn.Module, config: AnalogConfig, context: ApplyContext)
         settings = _Settings(device, config.hwa, config.train_noise, (min(config.times_s), max(config.times_s)),
                              pcm.NoiseScales(config.prog_noise_scale, config.read_noise_scale, config.drift_scale),
                              config.drift_compensation, config.train_weight_noise, config.train_out_noise,
+                             config.train_noise_scale,
                              config.out_noise_scale, config.ideal_io, config.input_range_percentile)
         module._setup_analog(settings)
         settings.tiles = module._tile_slices(device.array_rows)
