@@ -109,12 +109,13 @@ def compare(run_dir: str | Path, *, seeds: int = 10, energy_inputs: int = 32) ->
 
 def plot_compare(result: dict[str, Any], path: str | Path) -> Path:
     """Accuracy against estimated joules per inference: the three rows, and the spiking curve over T."""
-    import matplotlib
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise TrainingError(f"the comparison plot needs matplotlib ({exc}): pip install 'wattless[search]'") from None
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    fig = Figure(figsize=(6.4, 4.2), dpi=120, layout="constrained")
+    ax = fig.subplots()
     curve = sorted(result["spiking_curve"].items(), key=lambda kv: int(kv[0]))
     ax.plot([r["energy_j"] for _, r in curve], [r["accuracy"] for _, r in curve], "-", color="tab:purple",
             alpha=0.5, label="loihi over T")
@@ -130,10 +131,8 @@ def plot_compare(result: dict[str, Any], path: str | Path) -> Path:
     ax.set_title(f"{result['workload']} / {result['recipe']}: one model on three kinds of hardware", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
+    tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
-    plt.close(fig)
     tmp.replace(path)
     return path
