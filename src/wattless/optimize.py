@@ -255,9 +255,36 @@ def optimize(
         techniques={t.name: t.report(student) for t in techniques}, training=_training_record(result),
         ptq_int8=_ptq_int8(baseline, wl, samples, base_metrics[wl.metric_name], target) if baselines else None,
     ).to_json()
+    report.update(_hardware_sections(student, wl, recipe, samples, out, progress, cache, hard))
     report = json_safe(report)  # a figure that could not be computed is null, never a bare NaN in the JSON
     atomic_write(out / "metrics.json", json.dumps(report, indent=2, allow_nan=False))
     return report
+
+
+def _hardware_sections(student: nn.Module, wl: Workload, recipe: Recipe, samples: list[Any], out: Path,
+                       progress: bool, cache: Path | None, hard: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json's ``analog`` (accuracy over time on programmed chips, and the same recipe trained
+    without hardware-aware training when asked) and ``spiking`` (accuracy and joules over T) sections."""
+    from wattless import hardware
+
+    sections: dict[str, Any] = {}
+    if recipe.analog is not None:
+        section = hardware.analog_section(student, wl, recipe.analog)
+        section["energy_j"] = {recipe.analog.target: hard[recipe.analog.target]["energy_j"]}
+        section["energy_kind"] = "estimated"
+        if recipe.analog.compare_without_hwa and recipe.analog.hwa:
+            twin = recipe.model_copy(update={
+                "name": f"{recipe.name}-without-hwa",
+                "analog": recipe.analog.model_copy(update={"hwa": False, "compare_without_hwa": False})})
+            twin_metrics = optimize(wl, twin, out / "without_hwa", progress=progress, energy_inputs=len(samples),
+                                    cache=cache, baselines=False)
+            section["accuracy_without_hwa"] = twin_metrics["analog"]["accuracy"]
+            section["without_hwa_digital_accuracy"] = twin_metrics["analog"]["digital_accuracy"]
+            section["without_hwa_run"] = str(out / "without_hwa")
+        sections["analog"] = section
+    if recipe.spiking is not None:
+        sections["spiking"] = hardware.spiking_section(student, wl, recipe.spiking, samples)
+    return sections
 
 
 def _check_run(out: Path, wl: Workload, recipe: Recipe, energy_inputs: int) -> dict[str, str]:

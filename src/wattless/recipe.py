@@ -10,6 +10,8 @@
     [moe]         experts, top_k, blocks, balance_weight
     [early_exit]  after, target_accuracy_drop, loss_weight
     [act_sparsity] l1, relufy, layers
+    [analog]      target, hwa, train_weight_noise, seeds, times_s, compare_without_hwa, noise scales
+    [spiking]     target, steps, norm, percentile, reset, initial_membrane
 
 Validated on load: an unknown key, a wrong type or an impossible value is an error naming the key and
 the file. ``check_recipe`` then applies the recipe to a copy of the model, so combinations that cannot
@@ -30,12 +32,14 @@ from torch import nn
 from wattless.files import atomic_write, read_toml, validation_message
 from wattless.errors import RecipeError
 from wattless.techniques.act_sparsity import ActSparsityConfig
+from wattless.techniques.analog import AnalogConfig
 from wattless.techniques.base import ApplyContext, Technique, TechniqueConfig, apply_
 from wattless.techniques.distill import DistillConfig
 from wattless.techniques.early_exit import ExitConfig
 from wattless.techniques.moe import MoEConfig
 from wattless.techniques.prune import PruneConfig
 from wattless.techniques.quantize import QuantConfig
+from wattless.techniques.spiking import SpikingConfig
 
 __all__ = ["Recipe", "TrainSection", "Objective", "load_recipe", "parse_recipe", "check_recipe", "apply_recipe",
            "save_recipe"]
@@ -83,6 +87,17 @@ class Recipe(BaseModel):
     moe: MoEConfig | None = None
     early_exit: ExitConfig | None = None
     act_sparsity: ActSparsityConfig | None = None
+    analog: AnalogConfig | None = None
+    spiking: SpikingConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_kind_of_hardware(self) -> "Recipe":
+        if self.analog is not None and self.spiking is not None:
+            raise ValueError("give [analog] or [spiking], not both: one recipe deploys to one kind of chip "
+                             "(`wattless compare RUN_DIR` prices the run on the others)")
+        if self.spiking is not None and (self.moe is not None or self.early_exit is not None):
+            raise ValueError("[spiking] converts a plain ReLU network: it does not take [moe] or [early_exit]")
+        return self
 
     @field_validator("prune", mode="before")
     @classmethod
@@ -95,9 +110,10 @@ class Recipe(BaseModel):
 
     def techniques(self) -> list[TechniqueConfig]:
         """In the order they are applied: experts, activations, masks (traced on the plain backbone, before
-        exit heads branch off it), exits, then bits (so exit heads and experts are quantized too)."""
+        exit heads branch off it), exits, then bits (so exit heads and experts are quantized too), then the
+        analog tiles (on the layers left float) or the spiking neurons (on the ReLUs)."""
         ordered: list[TechniqueConfig | None] = [self.moe, self.act_sparsity, *self.prune, self.early_exit,
-                                                 self.quantize]
+                                                 self.quantize, self.analog, self.spiking]
         return [c for c in ordered if c is not None]
 
     def to_dict(self) -> dict[str, Any]:

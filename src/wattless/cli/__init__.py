@@ -5,6 +5,7 @@
     search.py   search, report, demo
     export.py   export, bench
     serve.py    serve, cascade calibrate, cascade eval
+    compare.py  compare (one model on digital, analog and neuromorphic targets)
     console.py  the one console (stdout) and the error console
     errors.py   one line on stderr and an exit code for every failure
 """
@@ -15,7 +16,7 @@ import sys
 
 import typer
 
-from wattless.cli import energy, export, search, serve, train
+from wattless.cli import compare, energy, export, search, serve, train
 from wattless.cli.errors import run
 
 __all__ = ["app", "main"]
@@ -27,7 +28,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for _verbs in (energy, train, search, export, serve):
+for _verbs in (energy, train, search, export, serve, compare):
     _verbs.register(app)
 
 

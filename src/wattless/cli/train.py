@@ -13,7 +13,7 @@ from rich.text import Text
 from wattless.cli.console import console, print_json
 from wattless.units import format_joules
 
-__all__ = ["register", "optimize"]
+__all__ = ["register", "optimize", "analog_table", "spiking_table"]
 
 
 def optimize(
@@ -34,6 +34,10 @@ def optimize(
     if metrics.get("already_done"):
         console.print(Text(f"{out} holds this run, finished: left as it is (remove it to train again)"))
     console.print(_savings_table(metrics))
+    if metrics.get("analog"):
+        console.print(analog_table(metrics))
+    if metrics.get("spiking"):
+        console.print(spiking_table(metrics))
     console.print(Text(f"written to {out} (model.safetensors, recipe.toml, metrics.json)"))
 
 
@@ -53,6 +57,49 @@ def _savings_table(metrics: dict) -> Table:
                       format_joules(p["energy_j"][t]), f"{base / p['energy_j'][t]:.1f}x lower")
     table.add_row("wattless (this run)", f"{metrics['accuracy']:.4f}", format_joules(metrics["energy_j"][t]),
                   f"{metrics['energy_ratio'][t]:.1f}x lower")
+    return table
+
+
+_TIME_NAMES = {"1": "1 s", "3600": "1 hour", "86400": "1 day", "2592000": "1 month", "31536000": "1 year"}
+
+
+def analog_table(metrics: dict) -> Table:
+    """Accuracy against time after programming, with and without hardware-aware training."""
+    a = metrics["analog"]
+    table = Table(title=f"{metrics['metric_name']} on {escape(a['target'])} after programming (simulated: PCM noise "
+                        f"and drift, {a['seeds']} seeds, mean ± std); digital fp32 baseline "
+                        f"{metrics['baseline_accuracy']:.4f}; energy {format_joules(a['energy_j'][a['target']])} "
+                        "per inference, estimated")
+    without = a.get("accuracy_without_hwa")
+    for col in ("time", "with hardware-aware training" if a["hwa"] else "this run (no HWA)",
+                *(["without it"] if without else []), "vs digital fp32"):
+        table.add_column(col, justify="right")
+    for t, v in a["accuracy"].items():
+        cells = [_TIME_NAMES.get(t, f"{t} s"), f"{v['mean']:.4f} ± {v['std']:.4f}"]
+        if without:
+            w = without.get(t)
+            cells.append(f"{w['mean']:.4f} ± {w['std']:.4f}" if w else "")
+        cells.append(f"{(v['mean'] - metrics['baseline_accuracy']) * 100:+.2f} points")
+        table.add_row(*cells)
+    return table
+
+
+def spiking_table(metrics: dict) -> Table:
+    """The converted network over T: accuracy, counted synaptic events and joules, beside the ANN."""
+    s = metrics["spiking"]
+    target = s["target"]
+    (ann_target, ann_j), = s["ann_energy_j"].items()
+    table = Table(title=f"spiking on {escape(target)} (simulated, spikes counted; energy estimated) beside the ANN "
+                        f"({s['ann_accuracy']:.4f}, {format_joules(ann_j)} as int8 on {escape(ann_target)})")
+    for col in ("T", metrics["metric_name"], "vs ANN", "synaptic events", f"energy on {target}",
+                f"vs ANN on {ann_target}"):
+        table.add_column(col, justify="right")
+    for t, row in s["steps"].items():
+        j = row["energy_j"][target]
+        mark = " (best)" if t == s.get("best_steps") else ""
+        table.add_row(f"{t}{mark}", f"{row['accuracy']:.4f}", f"{(row['accuracy'] - s['ann_accuracy']) * 100:+.2f}",
+                      f"{row['synaptic_events']:.3g}", format_joules(j),
+                      f"{ann_j / j:.2f}x lower" if j < ann_j else f"{j / ann_j:.1f}x higher")
     return table
 
 

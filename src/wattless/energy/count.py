@@ -461,8 +461,22 @@ class _Tracer(TorchDispatchMode):
             # removed input channels are not read, removed output channels not written
             act_read_bytes=a_bytes * act.numel() * stats.kept_in + other_act, kv_read_bytes=other_kv,
             act_write_bytes=a_bytes * out.numel() * stats.kept_rows,
-            events=macs * a_density * stats.density, outputs=float(out.numel()) * stats.kept_rows,
+            events=self._events(packet, args, act, other, macs * a_density * stats.density, is_w),
+            outputs=float(out.numel()) * stats.kept_rows,
         ))
+
+    def _events(self, packet, args, act, weight, estimate: float, is_w: bool) -> float:
+        """Synaptic events: non-zero inputs x their fan-out. From densities (exact for a Linear with dense
+        weights), or, where a module sets ``wattless_exact_events`` (spiking layers), counted pair by pair:
+        a convolution's border inputs reach fewer outputs, and a pruned weight is no synapse."""
+        if not is_w or not getattr(self.stack[-1], "wattless_exact_events", False) or act.is_meta:
+            return estimate
+        nz_act, nz_w = (act != 0).to(act.dtype), (weight != 0).to(weight.dtype)
+        if packet in (aten.convolution, aten._convolution):
+            return float(aten.convolution(nz_act, nz_w, None, *args[3:9]).sum())
+        if packet in (aten.mm, aten.addmm):
+            return float((nz_act @ nz_w).sum())
+        return estimate
 
     def _attention(self, args, out) -> None:
         q, k, v = args[:3]

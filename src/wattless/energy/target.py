@@ -18,7 +18,7 @@ from wattless.files import read_toml, validation_message
 from wattless.energy.precision import Precision, parse_precision
 from wattless.errors import TargetError, UnknownTargetError
 
-__all__ = ["Target", "Source", "load_target", "builtin_targets", "resolve_target", "coefficient_paths"]
+__all__ = ["Target", "Source", "Analog", "load_target", "builtin_targets", "resolve_target", "coefficient_paths"]
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 # every coefficient is a finite number: NaN, inf, true or "1.5" are refused on load, naming the field
@@ -87,6 +87,38 @@ class Events(BaseModel):
     synops_per_s: Number = Field(gt=0)
 
 
+class Analog(BaseModel):
+    """An analog in-memory array's device and converter model: what `techniques.analog` simulates. Array size
+    and converter bit widths are the chip's; the conductance statistics are the PCM model's (docs/TARGETS.md)."""
+
+    model_config = _FROZEN
+    array_rows: Annotated[int, Strict()] = Field(gt=0, description="inputs (rows) of one crossbar tile")
+    array_cols: Annotated[int, Strict()] = Field(gt=0, description="outputs (columns) of one crossbar tile")
+    dac_bits: Annotated[int, Strict()] = Field(ge=2, le=16, description="input DAC resolution")
+    adc_bits: Annotated[int, Strict()] = Field(ge=2, le=16, description="output ADC resolution")
+    out_bound: Number = Field(gt=0, description="ADC range, in units of a full-scale input on a full-scale weight")
+    out_noise: Number = Field(ge=0, description="additive output noise std, same units as out_bound")
+    w_noise: Number = Field(ge=0, description="short-term read noise std per inference, relative to g_max")
+    g_max_us: Number = Field(gt=0, description="conductance the largest |weight| maps to, microsiemens")
+    prog_c0_us: Number = Field(description="programming noise std = c0 + c1 g + c2 g^2 (g = G / g_max), uS")
+    prog_c1_us: Number
+    prog_c2_us: Number
+    prog_g_ref_us: Number = Field(gt=0, description="g_max the programming polynomial was fitted at")
+    drift_t0_s: Number = Field(gt=0, description="first read after programming: drift is (t / t0)^-nu")
+    nu_mean_log_slope: Number = Field(description="mean nu = slope * ln(g) + offset, clamped")
+    nu_mean_offset: Number
+    nu_mean_min: Number = Field(ge=0)
+    nu_mean_max: Number = Field(ge=0)
+    nu_std_log_slope: Number
+    nu_std_offset: Number
+    nu_std_min: Number = Field(ge=0)
+    nu_std_max: Number = Field(ge=0)
+    read_q_coeff: Number = Field(ge=0, description="1/f read noise: Q = coeff / g^exponent, at most q_max")
+    read_q_exponent: Number = Field(ge=0)
+    read_q_max: Number = Field(ge=0)
+    read_t_s: Number = Field(gt=0, description="read duration in the 1/f noise fit, seconds")
+
+
 class Source(BaseModel):
     model_config = _FROZEN
     key: str
@@ -110,6 +142,7 @@ class Target(BaseModel):
     throughput: Throughput
     sparsity: Sparsity = Sparsity()
     events: Events | None = None
+    analog: Analog | None = None
     sources: tuple[Source, ...] = Field(min_length=1)
 
     @field_validator("mac_pj", "op_pj")
