@@ -155,8 +155,10 @@ def test_overrides_and_skip_apply_per_layer():
     handle = quantize(model, x, **config)
     report = handle.report(model)
     assert report["layers"] == {
-        "features.0": {"weight_bits": 4, "act_bits": 8, "act_granularity": "tensor", "smoothed": False},
-        "classifier": {"weight_bits": 8, "act_bits": None, "act_granularity": "tensor", "smoothed": False},
+        "features.0": {"weight_bits": 4, "act_bits": 8, "act_granularity": "tensor", "act_grid": "asymmetric",
+                       "smoothed": False},
+        "classifier": {"weight_bits": 8, "act_bits": None, "act_granularity": "tensor", "act_grid": "asymmetric",
+                       "smoothed": False},
     }
     assert report["float_layers"] == ["features.2"]
     assert type(model.features[2]) is nn.Conv2d
