@@ -10,6 +10,7 @@
     [moe]         experts, top_k, blocks, balance_weight
     [early_exit]  after, target_accuracy_drop, loss_weight
     [act_sparsity] l1, relufy, layers
+    [weight_only] bits, group_size, method (gptq | rtn), symmetric, damp, calibration_windows, skip
 
 Validated on load: an unknown key, a wrong type or an impossible value is an error naming the key and
 the file. ``check_recipe`` then applies the recipe to a copy of the model, so combinations that cannot
@@ -36,6 +37,7 @@ from wattless.techniques.early_exit import ExitConfig
 from wattless.techniques.moe import MoEConfig
 from wattless.techniques.prune import PruneConfig
 from wattless.techniques.quantize import QuantConfig
+from wattless.techniques.weight_only import WeightOnlyConfig
 
 __all__ = ["Recipe", "TrainSection", "Objective", "load_recipe", "parse_recipe", "check_recipe", "apply_recipe",
            "save_recipe"]
@@ -83,6 +85,7 @@ class Recipe(BaseModel):
     moe: MoEConfig | None = None
     early_exit: ExitConfig | None = None
     act_sparsity: ActSparsityConfig | None = None
+    weight_only: WeightOnlyConfig | None = None
 
     @field_validator("prune", mode="before")
     @classmethod
@@ -95,9 +98,10 @@ class Recipe(BaseModel):
 
     def techniques(self) -> list[TechniqueConfig]:
         """In the order they are applied: experts, activations, masks (traced on the plain backbone, before
-        exit heads branch off it), exits, then bits (so exit heads and experts are quantized too)."""
+        exit heads branch off it), exits, then bits (so exit heads and experts are quantized too); weight-only
+        k-bit codes last, on the weights every other technique left."""
         ordered: list[TechniqueConfig | None] = [self.moe, self.act_sparsity, *self.prune, self.early_exit,
-                                                 self.quantize]
+                                                 self.quantize, self.weight_only]
         return [c for c in ordered if c is not None]
 
     def to_dict(self) -> dict[str, Any]:
