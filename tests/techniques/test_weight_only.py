@@ -9,8 +9,8 @@ import torch
 from wattless.energy.decode import count_decode
 from wattless.recipe import parse_recipe
 from wattless.techniques.base import ApplyContext, apply_
-from wattless.techniques.weight_only import (WeightOnlyConfig, gptq_quantize, is_weight_only, packed_weights,
-                                             rtn_quantize)
+from wattless.techniques.weight_only import (WeightOnlyConfig, dequantize, gptq_quantize, is_weight_only,
+                                             packed_weights, rtn_quantize)
 from wattless.testing import tiny_llama
 
 IDS = torch.randint(0, 96, (8, 32), generator=torch.Generator().manual_seed(0))
@@ -29,7 +29,7 @@ def test_codes_lie_on_the_grid_and_dequantize_back(bits, group, symmetric):
                                  gptq_quantize(w, torch.eye(64), bits, group, symmetric)):
         assert codes.shape == w.shape and scales.shape == zeros.shape == (24, 64 // group)
         assert codes.min() >= 0 and codes.max() <= 2**bits - 1 and torch.equal(codes, codes.round())
-        deq = (codes - zeros.repeat_interleave(group, 1)) * scales.repeat_interleave(group, 1)
+        deq = dequantize(codes, scales, zeros, group)
         assert (deq - w).abs().max() <= scales.max() * 0.5 + 1e-5 or symmetric
 
 
@@ -40,7 +40,7 @@ def test_gptq_output_error_below_round_to_nearest():
 
     def output_error(parts):
         codes, scales, zeros = parts
-        deq = (codes - zeros.repeat_interleave(16, 1)) * scales.repeat_interleave(16, 1)
+        deq = dequantize(codes, scales, zeros, 16)
         return float((x @ (deq - w).T).norm())
 
     rtn, gptq = output_error(rtn_quantize(w, 3, 16)), output_error(gptq_quantize(w, h, 3, 16))
@@ -70,7 +70,13 @@ def test_apply_quantizes_every_linear_and_unties_the_head():
 def test_bad_configs_name_the_problem():
     with pytest.raises(ValueError, match="power of 2"):
         WeightOnlyConfig(group_size=48)
-    with pytest.raises(ValueError, match="not a multiple of group_size"):
-        apply_(tiny_llama(hidden=48, heads=4), WeightOnlyConfig(group_size=32), ApplyContext(example_input=IDS[:1]))
     with pytest.raises(ValueError, match="matches no Linear"):
         apply_(tiny_llama(), WeightOnlyConfig(skip=("nothing.*",)), ApplyContext(example_input=IDS[:1]))
+
+
+def test_a_last_group_shorter_than_the_others():
+    w = torch.randn(8, 48, generator=torch.Generator().manual_seed(4))  # 48 = 32 + 16
+    x = _correlated_inputs(256, 48)
+    for codes, scales, zeros in (rtn_quantize(w, 4, 32), gptq_quantize(w, x.T @ x, 4, 32)):
+        assert scales.shape == (8, 2) and codes.shape == (8, 48)
+        assert (dequantize(codes, scales, zeros, 32) - w).abs().max() < 0.5

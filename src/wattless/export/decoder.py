@@ -79,9 +79,12 @@ def cache_names(layers: int) -> tuple[list[str], list[str]]:
 # --- weights ---------------------------------------------------------------------------------------------
 
 def _pack4(codes: np.ndarray, block: int) -> np.ndarray:
-    """(N, K) codes 0..15 -> (N, K / block, block / 2) uint8, two codes a byte, the first in the low nibble."""
+    """(N, K) codes 0..15 -> (N, ceil(K / block), block / 2) uint8, two codes a byte, the first in the low
+    nibble; K padded to whole blocks (the kernel reads only K)."""
     n, k = codes.shape
-    u = codes.astype(np.uint8).reshape(n, k // block, block)
+    u = np.zeros((n, -(-k // block) * block), np.uint8)
+    u[:, :k] = codes
+    u = u.reshape(n, -1, block)
     return (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8)
 
 

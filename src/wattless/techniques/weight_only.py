@@ -13,7 +13,7 @@ layer's inputs on calibration text) or by plain round-to-nearest (``method = "rt
 Every nn.Linear (the LM head included; a head tied to the embedding is untied, the embedding stays float)
 becomes a ``WeightOnlyLinear`` in place: its ``weight`` holds the dequantized weights, so it computes with
 exactly what the integer codes give, and buffers ``codes`` (out, in) uint8, ``scales`` and ``zeros``
-(out, in / group) keep the deployed form, read by export through ``packed_weights``. The energy core sees
+(out, ceil(in / group)) keep the deployed form, read by export through ``packed_weights``. The energy core sees
 ``wattless_weight_precision = "int{bits}"``: weights read at k bits, activations float.
 
 The Hessians come from one pass of the float model over the calibration windows (every layer sees float
@@ -33,7 +33,7 @@ from torch import nn
 from wattless.energy.count import uncounted
 from wattless.techniques.base import ApplyContext, Technique, TechniqueConfig, register
 
-__all__ = ["WeightOnlyConfig", "WeightOnlyLinear", "WeightOnly", "gptq_quantize", "rtn_quantize",
+__all__ = ["WeightOnlyConfig", "WeightOnlyLinear", "WeightOnly", "gptq_quantize", "rtn_quantize", "dequantize",
            "packed_weights", "is_weight_only"]
 
 _BLOCK = 128  # columns GPTQ updates lazily at once
@@ -81,13 +81,13 @@ def _round(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) 
 
 def rtn_quantize(w: torch.Tensor, bits: int, group: int, symmetric: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Round to nearest: (codes (out, in), scales (out, in / group), zeros (out, in / group))."""
-    out, k = w.shape
-    groups = w.float().view(out, k // group, group)
+    """Round to nearest: (codes (out, in), scales and zeros (out, ceil(in / group))); a last group may be
+    shorter (what MatMulNBits does with K not a multiple of its block)."""
+    w = w.float()
     codes, scales, zeros = [], [], []
-    for j in range(k // group):
-        s, z = _grid(groups[:, j], bits, symmetric)
-        codes.append(_round(groups[:, j], s, z, bits))
+    for j in range(0, w.shape[1], group):
+        s, z = _grid(w[:, j : j + group], bits, symmetric)
+        codes.append(_round(w[:, j : j + group], s, z, bits))
         scales.append(s)
         zeros.append(z)
     return torch.cat(codes, 1), torch.stack(scales, 1), torch.stack(zeros, 1)
@@ -130,9 +130,10 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group: int, symme
     return codes, torch.stack(scales, 1), torch.stack(zeros, 1)
 
 
-def _dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
-    group = codes.shape[1] // scales.shape[1]
-    return (codes - zeros.repeat_interleave(group, 1)) * scales.repeat_interleave(group, 1)
+def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group: int) -> torch.Tensor:
+    """(codes - zero) * scale of each weight, (out, in)."""
+    k = codes.shape[1]
+    return (codes - zeros.repeat_interleave(group, 1)[:, :k]) * scales.repeat_interleave(group, 1)[:, :k]
 
 
 # --- the layer ---------------------------------------------------------------------------------------------
@@ -143,8 +144,9 @@ class WeightOnlyLinear(nn.Linear):
     bits: int
     group_size: int
 
-    def set_quantized(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int) -> None:
-        self.bits, self.group_size = bits, codes.shape[1] // scales.shape[1]
+    def set_quantized(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,
+                      group_size: int) -> None:
+        self.bits, self.group_size = bits, group_size
         self.wattless_weight_precision = f"int{bits}"
         for name, value in (("codes", codes.to(torch.uint8)), ("scales", scales.float()), ("zeros", zeros.to(torch.uint8))):
             if name in self._buffers:
@@ -152,7 +154,7 @@ class WeightOnlyLinear(nn.Linear):
             else:
                 self.register_buffer(name, value)
         with torch.no_grad():
-            self.weight = nn.Parameter(_dequantize(codes.float(), scales.float(), zeros.float()).to(self.weight.dtype),
+            self.weight = nn.Parameter(dequantize(codes.float(), scales.float(), zeros.float(), group_size).to(self.weight.dtype),
                                        requires_grad=False)
 
     def extra_repr(self) -> str:
@@ -178,10 +180,6 @@ def _targets(model: nn.Module, config: WeightOnlyConfig) -> dict[str, nn.Linear]
         if not any(fnmatch.fnmatchcase(name, glob) for name in layers):
             raise ValueError(f"skip glob {glob!r} matches no Linear layer; layers are e.g. {', '.join(list(layers)[:4])}")
     chosen = {n: m for n, m in layers.items() if not any(fnmatch.fnmatchcase(n, g) for g in config.skip)}
-    for name, m in chosen.items():
-        if m.in_features % config.group_size:
-            raise ValueError(f"layer {name} has {m.in_features} inputs, not a multiple of group_size "
-                             f"{config.group_size}: choose a group size that divides it, or skip the layer")
     return chosen
 
 
@@ -254,7 +252,7 @@ def quantize_layers_(model: nn.Module, config: WeightOnlyConfig, context: ApplyC
         else:
             parts = rtn_quantize(w, config.bits, config.group_size, config.symmetric)
         m.__class__ = WeightOnlyLinear
-        m.set_quantized(*parts, config.bits)
+        m.set_quantized(*parts, config.bits, config.group_size)
         errors[name] = float((m.weight.float() - w).norm() / w.norm().clamp(min=1e-12))
     return WeightOnly(config, list(layers), errors)
 
