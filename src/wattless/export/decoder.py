@@ -96,22 +96,37 @@ def _pack_zeros(zeros: np.ndarray) -> np.ndarray:
     return (z[:, 0::2] | (z[:, 1::2] << 4)).astype(np.uint8)
 
 
+def _blocks(codes: np.ndarray, zeros: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """MatMulNBits' B (N, blocks, blob) and zero points, and the bits it runs: 2..4-bit codes in 4-bit blocks
+    (the same values, the 4-bit kernel), 8-bit codes a byte each. Float zero points stay float."""
+    if bits <= 4:
+        packed, width = _pack4(codes, block), 4
+        zp = zeros.astype(np.float32) if zeros.dtype.kind == "f" else _pack_zeros(zeros)
+    elif bits == 8:
+        n, k = codes.shape
+        padded = np.zeros((n, -(-k // block) * block), np.uint8)
+        padded[:, :k] = codes
+        packed, width = padded.reshape(n, -1, block), 8
+        zp = zeros.astype(np.float32) if zeros.dtype.kind == "f" else zeros.astype(np.uint8)
+    else:
+        raise ExportError(f"{bits}-bit weights: decoder export packs 2 to 4 bits (4-bit blocks) or 8 bits")
+    return packed, zp, width
+
+
 def _nbits(g: Graph, x: str, parts: list[dict[str, Any]], hint: str) -> str:
-    """MatMulNBits over the layers' codes stacked along the outputs (they share x, bits and group size)."""
-    groups = {(p["bits"], p["group_size"]) for p in parts}
-    if len(groups) != 1:
-        raise ExportError(f"{hint}: layers packed together have different bits or group sizes {sorted(groups)}")
-    bits, block = groups.pop()
-    if bits > 4:
-        raise ExportError(f"{hint}: {bits}-bit weights: decoder export packs 2 to 4 bits (MatMulNBits 4-bit blocks)")
+    """MatMulNBits over the layers' codes stacked along the outputs (they share x and their grid)."""
+    grids = {(p["bits"], p["group_size"], p["zeros"].dtype.kind) for p in parts}
+    if len(grids) != 1:
+        raise ExportError(f"{hint}: layers packed together have different grids {sorted(grids)}")
+    bits, block, _ = grids.pop()
     codes = np.concatenate([p["codes"] for p in parts])
     scales = np.concatenate([p["scales"] for p in parts]).astype(np.float32)
-    zeros = np.concatenate([p["zeros"] for p in parts])
+    packed, zp, width = _blocks(codes, np.concatenate([p["zeros"] for p in parts]), bits, block)
     n, k = codes.shape
-    return g.op("MatMulNBits", [x, g.const(_pack4(codes, block), f"{hint}.weight", U8),
-                                g.const(scales.reshape(-1), f"{hint}.scales"),
-                                g.const(_pack_zeros(zeros).reshape(-1), f"{hint}.zero_points", U8)],
-                hint, domain=MS, K=k, N=n, bits=4, block_size=block, accuracy_level=g.root.accuracy_level)
+    zp_dtype = np.float32 if zp.dtype.kind == "f" else U8
+    return g.op("MatMulNBits", [x, g.const(packed, f"{hint}.weight", U8), g.const(scales.reshape(-1), f"{hint}.scales"),
+                                g.const(zp.reshape(-1), f"{hint}.zero_points", zp_dtype)],
+                hint, domain=MS, K=k, N=n, bits=width, block_size=block, accuracy_level=g.root.accuracy_level)
 
 
 def _bias(g: Graph, y: str, layers: list[nn.Linear], hint: str) -> str:

@@ -6,7 +6,10 @@ layer's inputs on calibration text) or by plain round-to-nearest (``method = "rt
     [weight_only]
     bits = 4
     group_size = 128
+    zero_point = "int"         # or "float": each group's own minimum (llama.cpp's Q4_1 grid)
+    symmetric = false          # true: codes around 2^(bits-1), scale max|w| / (2^(bits-1) - 1) (Q8_0's grid)
     method = "gptq"            # or "rtn"
+    overrides = { "lm_head" = { bits = 8, group_size = 32, symmetric = true } }
     calibration_windows = 32   # windows of the workload's calibration split the Hessians are taken on
     skip = []                  # globs of Linear layers left in float
 
@@ -24,10 +27,10 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from wattless.energy.count import uncounted
@@ -39,33 +42,55 @@ __all__ = ["WeightOnlyConfig", "WeightOnlyLinear", "WeightOnly", "gptq_quantize"
 _BLOCK = 128  # columns GPTQ updates lazily at once
 
 
-class WeightOnlyConfig(TechniqueConfig):
-    kind = "weight_only"
+class Grid(BaseModel):
+    """How one layer's weights are rounded: bits, group size, and the zero point's kind."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     bits: int = Field(4, ge=2, le=8, strict=True)
     group_size: int = Field(128, ge=8, strict=True, description="input columns sharing a scale and zero point")
+    symmetric: bool = Field(False, description="codes -(2^(b-1)-1)..2^(b-1)-1 around a zero point of 2^(b-1)")
+    zero_point: Literal["int", "float"] = Field(
+        "int", description="int: an integer code (the grid holds 0 exactly); float: the group's own minimum")
+
+    @model_validator(mode="after")
+    def _power_of_two(self) -> "Grid":
+        if self.group_size & (self.group_size - 1):
+            raise ValueError(f"group_size must be a power of 2 (16, 32, 64, 128...), got {self.group_size}")
+        if self.symmetric and self.zero_point == "float":
+            raise ValueError("symmetric grids have an integer zero point: leave zero_point out or set it to int")
+        return self
+
+
+class WeightOnlyConfig(Grid, TechniqueConfig):
+    kind: ClassVar[str] = "weight_only"
     method: Literal["gptq", "rtn"] = "gptq"
-    symmetric: bool = Field(False, description="zero point fixed at 2^(bits-1)")
     damp: float = Field(0.01, gt=0, le=1, strict=True, description="GPTQ: added to H's diagonal, times its mean")
     calibration_windows: int = Field(32, ge=1, strict=True)
     skip: tuple[str, ...] = ()
+    overrides: dict[str, Grid] = Field(default_factory=dict, description="glob of Linear names -> its own grid")
 
-    @model_validator(mode="after")
-    def _power_of_two(self) -> "WeightOnlyConfig":
-        if self.group_size & (self.group_size - 1):
-            raise ValueError(f"group_size must be a power of 2 (16, 32, 64, 128...), got {self.group_size}")
-        return self
+    def grid(self, name: str) -> Grid:
+        """The layer's grid: the first override whose glob matches its name, else the config's own."""
+        for glob, grid in self.overrides.items():
+            if fnmatch.fnmatchcase(name, glob):
+                return grid
+        return Grid(bits=self.bits, group_size=self.group_size, symmetric=self.symmetric, zero_point=self.zero_point)
 
 
 # --- the quantizer -------------------------------------------------------------------------------------------
 
-def _grid(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero point (out,) of each row of one group w (out, g), the range always holding 0."""
-    maxq = 2**bits - 1
-    lo, hi = w.min(1).values.clamp(max=0), w.max(1).values.clamp(min=0)
-    if symmetric:
-        scale = torch.maximum(-lo, hi) / (maxq / 2)
-        zero = torch.full_like(scale, (maxq + 1) // 2)
+def _grid(w: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point (out,) of each row of one group w (out, g)."""
+    maxq = 2**grid.bits - 1
+    lo, hi = w.min(1).values, w.max(1).values
+    if grid.symmetric:  # e.g. 8 bits: codes 1..255 around 128, scale max|w| / 127 (llama.cpp's Q8_0 grid)
+        scale = torch.maximum(-lo, hi) / (2 ** (grid.bits - 1) - 1)
+        zero = torch.full_like(scale, 2 ** (grid.bits - 1))
+    elif grid.zero_point == "float":  # the group's own [min, max] (llama.cpp's Q4_1 grid): 0 need not lie on it
+        scale = (hi - lo) / maxq
+        zero = -lo / torch.where(scale > 0, scale, torch.ones_like(scale))
     else:
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
         scale = (hi - lo) / maxq
         zero = torch.round(-lo / scale.clamp(min=1e-12))
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
@@ -76,18 +101,17 @@ def _round(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) 
     """Integer codes of w (out,) or (out, g) on the grid (scale, zero), as float."""
     if w.dim() == 2:
         scale, zero = scale[:, None], zero[:, None]
-    return torch.clamp(torch.round(w / scale) + zero, 0, 2**bits - 1)
+    return torch.clamp(torch.round(w / scale + zero), 0, 2**bits - 1)
 
 
-def rtn_quantize(w: torch.Tensor, bits: int, group: int, symmetric: bool = False
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def rtn_quantize(w: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Round to nearest: (codes (out, in), scales and zeros (out, ceil(in / group))); a last group may be
     shorter (what MatMulNBits does with K not a multiple of its block)."""
-    w = w.float()
+    w, group = w.float(), grid.group_size
     codes, scales, zeros = [], [], []
     for j in range(0, w.shape[1], group):
-        s, z = _grid(w[:, j : j + group], bits, symmetric)
-        codes.append(_round(w[:, j : j + group], s, z, bits))
+        s, z = _grid(w[:, j : j + group], grid)
+        codes.append(_round(w[:, j : j + group], s, z, grid.bits))
         scales.append(s)
         zeros.append(z)
     return torch.cat(codes, 1), torch.stack(scales, 1), torch.stack(zeros, 1)
@@ -104,12 +128,13 @@ def _inverse_hessian(h: torch.Tensor, w: torch.Tensor, damp: float) -> torch.Ten
     return torch.linalg.cholesky(inv, upper=True).float()
 
 
-def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group: int, symmetric: bool = False,
-                  damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: Grid, damp: float = 0.01
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """GPTQ of one layer's weight w (out, in) against its inputs' Hessian h = X^T X (in, in): the same
     (codes, scales, zeros) as rtn_quantize, each group's grid taken from its columns as updated so far."""
     w = w.detach().float().clone()
     out, k = w.shape
+    bits, group = grid.bits, grid.group_size
     hinv = _inverse_hessian(h, w, damp)
     codes, scales, zeros = torch.zeros_like(w), [], []
     block = max(_BLOCK, group)
@@ -118,7 +143,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group: int, symme
         w1, err1, hinv1 = w[:, i1:i2].clone(), torch.zeros(out, i2 - i1), hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             if (i1 + i) % group == 0:
-                s, z = _grid(w1[:, i : i + group], bits, symmetric)
+                s, z = _grid(w1[:, i : i + group], grid)
                 scales.append(s)
                 zeros.append(z)
             q = _round(w1[:, i], s, z, bits)
@@ -144,11 +169,11 @@ class WeightOnlyLinear(nn.Linear):
     bits: int
     group_size: int
 
-    def set_quantized(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,
-                      group_size: int) -> None:
-        self.bits, self.group_size = bits, group_size
+    def set_quantized(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, grid: Grid) -> None:
+        bits, group_size = grid.bits, grid.group_size
+        self.bits, self.group_size, self.zero_point = bits, group_size, grid.zero_point
         self.wattless_weight_precision = f"int{bits}"
-        for name, value in (("codes", codes.to(torch.uint8)), ("scales", scales.float()), ("zeros", zeros.to(torch.uint8))):
+        for name, value in (("codes", codes.to(torch.uint8)), ("scales", scales.float()), ("zeros", zeros.float() if grid.zero_point == "float" else zeros.to(torch.uint8))):
             if name in self._buffers:
                 self._buffers[name] = value
             else:
@@ -166,8 +191,8 @@ def is_weight_only(module: nn.Module) -> bool:
 
 
 def packed_weights(module: nn.Module) -> dict[str, Any]:
-    """The deployed form export reads: codes (out, in) uint8 numpy, scales and zeros (out, in / group), bits,
-    group_size."""
+    """The deployed form export reads: codes (out, in) uint8 numpy, scales and zeros (out, ceil(in / group);
+    zeros uint8 codes, or float32 for a float zero point), bits, group_size."""
     return {"codes": module.codes.numpy(), "scales": module.scales.numpy(), "zeros": module.zeros.numpy(),
             "bits": module.bits, "group_size": module.group_size}
 
@@ -176,9 +201,9 @@ def packed_weights(module: nn.Module) -> dict[str, Any]:
 
 def _targets(model: nn.Module, config: WeightOnlyConfig) -> dict[str, nn.Linear]:
     layers = {name: m for name, m in model.named_modules() if type(m) is nn.Linear}
-    for glob in config.skip:
+    for glob in (*config.skip, *config.overrides):
         if not any(fnmatch.fnmatchcase(name, glob) for name in layers):
-            raise ValueError(f"skip glob {glob!r} matches no Linear layer; layers are e.g. {', '.join(list(layers)[:4])}")
+            raise ValueError(f"glob {glob!r} (skip or overrides) matches no Linear layer; layers are e.g. {', '.join(list(layers)[:4])}")
     chosen = {n: m for n, m in layers.items() if not any(fnmatch.fnmatchcase(n, g) for g in config.skip)}
     return chosen
 
@@ -246,13 +271,13 @@ def quantize_layers_(model: nn.Module, config: WeightOnlyConfig, context: ApplyC
     _untie(model, layers)
     errors = {}
     for name, m in layers.items():
-        w = m.weight.detach().float()
+        w, grid = m.weight.detach().float(), config.grid(name)
         if config.method == "gptq":
-            parts = gptq_quantize(w, hs.pop(name), config.bits, config.group_size, config.symmetric, config.damp)
+            parts = gptq_quantize(w, hs.pop(name), grid, config.damp)
         else:
-            parts = rtn_quantize(w, config.bits, config.group_size, config.symmetric)
+            parts = rtn_quantize(w, grid)
         m.__class__ = WeightOnlyLinear
-        m.set_quantized(*parts, config.bits, config.group_size)
+        m.set_quantized(*parts, grid)
         errors[name] = float((m.weight.float() - w).norm() / w.norm().clamp(min=1e-12))
     return WeightOnly(config, list(layers), errors)
 
