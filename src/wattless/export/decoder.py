@@ -4,8 +4,9 @@ model out (com.microsoft GroupQueryAttention with rotary embedding inside, SkipS
 MatMulNBits):
 
     inputs   input_ids (B, S) int64 · attention_mask (B, past + S) int64 (ones; it gives the lengths)
+             logits_to_keep (1,) int64: logits of the last k positions only (0: all)
              past_key_values.{i}.key / .value (B, kv_heads, past, head_dim) float32 (past = 0 on the prompt)
-    outputs  logits (B, S, vocab) float32 · present.{i}.key / .value (B, kv_heads, past + S, head_dim)
+    outputs  logits (B, S or k, vocab) float32 · present.{i}.key / .value (B, kv_heads, past + S, head_dim)
 
 Per block: RMSNorm (fused with the residual add), one packed Q/K/V product, GroupQueryAttention (RoPE on
 Q and K, causal, grouped heads, the cache concatenated), the output product, RMSNorm, one packed gate/up
@@ -64,6 +65,8 @@ def decoder_shape(model: nn.Module) -> DecoderShape:
     if getattr(body.rotary_emb, "attention_scaling", 1.0) != 1.0:
         raise ExportError("this model's RoPE scales attention (rope_scaling with an attention factor): not supported")
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    if head_dim % 8:
+        raise ExportError(f"head size {head_dim} is not a multiple of 8, which ONNX Runtime's GroupQueryAttention needs")
     return DecoderShape(c.num_hidden_layers, c.hidden_size, c.num_attention_heads,
                         getattr(c, "num_key_value_heads", None) or c.num_attention_heads, head_dim,
                         c.intermediate_size, c.vocab_size, float(c.rms_norm_eps), int(c.max_position_embeddings))
@@ -208,12 +211,19 @@ def _lengths(g: Graph) -> tuple[str, str]:
     return seqlens, g.op("Cast", [width], "lengths", to=TensorProto.INT32)
 
 
+def _last(g: Graph, x: str) -> str:
+    """The last ``logits_to_keep`` positions of x (B, S, H); 0 keeps them all (what generate's prefill skips)."""
+    start = g.op("Neg", ["logits_to_keep"], "keep")
+    return g.op("Slice", [x, start, g.const([2**62], "keep.end", np.int64), g.const([1], "keep.axis", np.int64)], "keep")
+
+
 def _value_infos(shape: DecoderShape) -> tuple[list[Any], list[Any]]:
     from onnx import TensorProto
 
     past, present = cache_names(shape.layers)
     inputs = [value("input_ids", TensorProto.INT64, ["batch", "sequence"]),
-              value("attention_mask", TensorProto.INT64, ["batch", "total_sequence"])]
+              value("attention_mask", TensorProto.INT64, ["batch", "total_sequence"]),
+              value("logits_to_keep", TensorProto.INT64, [1])]
     inputs += [value(n, TensorProto.FLOAT, ["batch", shape.kv_heads, "past_sequence", shape.head_dim]) for n in past]
     outputs = [value("logits", TensorProto.FLOAT, ["batch", "sequence", shape.vocab])]
     outputs += [value(n, TensorProto.FLOAT, ["batch", shape.kv_heads, "total_sequence", shape.head_dim])
@@ -242,7 +252,7 @@ def build_decoder(model: nn.Module, *, accuracy_level: int = 4) -> tuple[Any, De
         mlp = _mlp(g, x, block, i, shape)
         nxt = body.layers[i + 1].input_layernorm.weight if i + 1 < shape.layers else body.norm.weight
         x, residual = _norm(g, mlp, residual, nxt, shape.eps, f"layers.{i + 1}.input_norm" if i + 1 < shape.layers else "norm")
-    logits = _linear(g, x, [model.lm_head], "lm_head")
+    logits = _linear(g, _last(g, x), [model.lm_head], "lm_head")
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits"))
     inputs, outputs = _value_infos(shape)
     return helper.make_graph(g.nodes, "wattless-decoder", inputs, outputs, g.inits), shape
