@@ -131,11 +131,11 @@ def apply_recipe(model: nn.Module, recipe: Recipe, context: ApplyContext) -> lis
 
 
 def check_recipe(recipe: Recipe, model: nn.Module, context: ApplyContext, where: str = "(inline)",
-                 labelled: bool = True) -> None:
+                 labelled: bool = True, trains: bool = True) -> None:
     """Fail before training if the recipe cannot apply to this model; the model itself is not touched."""
     if recipe.early_exit is not None and not labelled:
         raise RecipeError(f"recipe {where}: key `early_exit`: exits need a labelled workload (a classifier)")
-    if recipe.distill is None and not labelled:
+    if recipe.distill is None and not labelled and trains:
         raise RecipeError(f"recipe {where}: the workload has no labels, so the student can only learn from the "
                           "baseline: add a [distill] section")
     trial = copy.deepcopy(model)

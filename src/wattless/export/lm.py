@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from wattless.energy.decode import is_decoder_lm
 from wattless.errors import ParityError
 from wattless.export.decoder import build_decoder, save_decoder
 from wattless.techniques.weight_only import is_weight_only
@@ -43,8 +44,7 @@ class DecoderExport:
 
 
 def is_decoder(model: nn.Module) -> bool:
-    body = getattr(model, "model", None)
-    return hasattr(model, "lm_head") and hasattr(body, "layers") and hasattr(body, "rotary_emb")
+    return is_decoder_lm(model)
 
 
 def torch_greedy(model: nn.Module, ids: list[int], n: int) -> tuple[list[int], list[np.ndarray]]:
