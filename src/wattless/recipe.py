@@ -10,7 +10,9 @@
     [moe]         experts, top_k, blocks, balance_weight
     [early_exit]  after, target_accuracy_drop, loss_weight
     [act_sparsity] l1, relufy, layers
-    [weight_only] bits, group_size, method (gptq | rtn), symmetric, damp, calibration_windows, skip
+    [weight_only] bits, group_size, zero_point, symmetric, method (gptq | rtn), damp, calibration_windows,
+                  skip, overrides
+    [kv_cache]    bits (a decoder's keys and values as stored in its cache)
 
 Validated on load: an unknown key, a wrong type or an impossible value is an error naming the key and
 the file. ``check_recipe`` then applies the recipe to a copy of the model, so combinations that cannot
@@ -37,6 +39,7 @@ from wattless.techniques.early_exit import ExitConfig
 from wattless.techniques.moe import MoEConfig
 from wattless.techniques.prune import PruneConfig
 from wattless.techniques.quantize import QuantConfig
+from wattless.techniques.kv_cache import KVCacheConfig
 from wattless.techniques.weight_only import WeightOnlyConfig
 
 __all__ = ["Recipe", "TrainSection", "Objective", "load_recipe", "parse_recipe", "check_recipe", "apply_recipe",
@@ -86,6 +89,7 @@ class Recipe(BaseModel):
     early_exit: ExitConfig | None = None
     act_sparsity: ActSparsityConfig | None = None
     weight_only: WeightOnlyConfig | None = None
+    kv_cache: KVCacheConfig | None = None
 
     @field_validator("prune", mode="before")
     @classmethod
@@ -101,7 +105,7 @@ class Recipe(BaseModel):
         exit heads branch off it), exits, then bits (so exit heads and experts are quantized too); weight-only
         k-bit codes last, on the weights every other technique left."""
         ordered: list[TechniqueConfig | None] = [self.moe, self.act_sparsity, *self.prune, self.early_exit,
-                                                 self.quantize, self.weight_only]
+                                                 self.quantize, self.weight_only, self.kv_cache]
         return [c for c in ordered if c is not None]
 
     def to_dict(self) -> dict[str, Any]:

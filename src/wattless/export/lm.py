@@ -146,4 +146,8 @@ def export_decoder(model: nn.Module, out: str | Path, *, windows: torch.Tensor, 
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return DecoderExport(path=out, size_bytes=out.stat().st_size, parity=parity, layers=meta["layers"])
+    notes = []
+    if any(getattr(m, "wattless_kv_bits", None) for m in model.modules()):
+        notes.append("the model quantizes its KV cache; this export keeps the cache in fp32 (the parity check "
+                     "compares it with the quantized-cache PyTorch model)")
+    return DecoderExport(path=out, size_bytes=out.stat().st_size, parity=parity, layers=meta["layers"], notes=notes)
