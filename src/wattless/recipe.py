@@ -12,6 +12,7 @@
     [act_sparsity] l1, relufy, layers
     [weight_only] bits, group_size, zero_point, symmetric, method (gptq | rtn), damp, calibration_windows,
                   skip, overrides
+    [sparsify]    pattern (2:4 | unstructured), sparsity, method (wanda | magnitude), calibration_windows, skip
     [kv_cache]    bits (a decoder's keys and values as stored in its cache)
 
 Validated on load: an unknown key, a wrong type or an impossible value is an error naming the key and
@@ -40,6 +41,7 @@ from wattless.techniques.moe import MoEConfig
 from wattless.techniques.prune import PruneConfig
 from wattless.techniques.quantize import QuantConfig
 from wattless.techniques.kv_cache import KVCacheConfig
+from wattless.techniques.llm_sparsity import SparsifyConfig
 from wattless.techniques.weight_only import WeightOnlyConfig
 
 __all__ = ["Recipe", "TrainSection", "Objective", "load_recipe", "parse_recipe", "check_recipe", "apply_recipe",
@@ -90,6 +92,7 @@ class Recipe(BaseModel):
     act_sparsity: ActSparsityConfig | None = None
     weight_only: WeightOnlyConfig | None = None
     kv_cache: KVCacheConfig | None = None
+    sparsify: SparsifyConfig | None = None
 
     @field_validator("prune", mode="before")
     @classmethod
@@ -105,7 +108,7 @@ class Recipe(BaseModel):
         exit heads branch off it), exits, then bits (so exit heads and experts are quantized too); weight-only
         k-bit codes last, on the weights every other technique left."""
         ordered: list[TechniqueConfig | None] = [self.moe, self.act_sparsity, *self.prune, self.early_exit,
-                                                 self.quantize, self.weight_only, self.kv_cache]
+                                                 self.quantize, self.sparsify, self.weight_only, self.kv_cache]
         return [c for c in ordered if c is not None]
 
     def to_dict(self) -> dict[str, Any]:

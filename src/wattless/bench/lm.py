@@ -188,7 +188,7 @@ def _cache_dir() -> Path:
     from wattless.optimize import cache_dir
 
     stamp = f"{smollm2_gguf().stat().st_size}-{int(smollm2_gguf().stat().st_mtime)}"
-    return cache_dir().parent / "bench-smollm2" / stamp
+    return cache_dir() / "bench-smollm2" / stamp
 
 
 def _float_file(model: Any, out: Path, windows: Any) -> Path:

@@ -37,7 +37,7 @@ from wattless.energy.count import uncounted
 from wattless.techniques.base import ApplyContext, Technique, TechniqueConfig, register
 
 __all__ = ["WeightOnlyConfig", "WeightOnlyLinear", "WeightOnly", "gptq_quantize", "rtn_quantize", "dequantize",
-           "packed_weights", "is_weight_only"]
+           "packed_weights", "is_weight_only", "untie"]
 
 _BLOCK = 128  # columns GPTQ updates lazily at once
 
@@ -104,14 +104,16 @@ def _round(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) 
     return torch.clamp(torch.round(w / scale + zero), 0, 2**bits - 1)
 
 
-def rtn_quantize(w: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def rtn_quantize(w: torch.Tensor, grid: Grid, mask: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Round to nearest: (codes (out, in), scales and zeros (out, ceil(in / group))); a last group may be
     shorter (what MatMulNBits does with K not a multiple of its block)."""
     w, group = w.float(), grid.group_size
     codes, scales, zeros = [], [], []
     for j in range(0, w.shape[1], group):
         s, z = _grid(w[:, j : j + group], grid)
-        codes.append(_round(w[:, j : j + group], s, z, grid.bits))
+        c = _round(w[:, j : j + group], s, z, grid.bits)
+        codes.append(c if mask is None else torch.where(mask[:, j : j + group], c, z[:, None].expand_as(c)))
         scales.append(s)
         zeros.append(z)
     return torch.cat(codes, 1), torch.stack(scales, 1), torch.stack(zeros, 1)
@@ -128,10 +130,12 @@ def _inverse_hessian(h: torch.Tensor, w: torch.Tensor, damp: float) -> torch.Ten
     return torch.linalg.cholesky(inv, upper=True).float()
 
 
-def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: Grid, damp: float = 0.01
+def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: Grid, damp: float = 0.01, mask: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """GPTQ of one layer's weight w (out, in) against its inputs' Hessian h = X^T X (in, in): the same
-    (codes, scales, zeros) as rtn_quantize, each group's grid taken from its columns as updated so far."""
+    (codes, scales, zeros) as rtn_quantize, each group's grid taken from its columns as updated so far.
+    ``mask`` (out, in) bool: weights pruned to 0 stay 0 (their code is the zero point; the updates GPTQ
+    spreads onto them are dropped, as SparseGPT's fixed mask)."""
     w = w.detach().float().clone()
     out, k = w.shape
     bits, group = grid.bits, grid.group_size
@@ -146,6 +150,8 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: Grid, damp: float = 0.
                 s, z = _grid(w1[:, i : i + group], grid)
                 scales.append(s)
                 zeros.append(z)
+            if mask is not None:
+                w1[:, i] *= mask[:, i1 + i]
             q = _round(w1[:, i], s, z, bits)
             codes[:, i1 + i] = q
             err = (w1[:, i] - s * (q - z)) / hinv1[i, i]
@@ -242,15 +248,15 @@ def _hessians(model: nn.Module, layers: dict[str, nn.Linear], batches: Iterator[
     return hs
 
 
-def _untie(model: nn.Module, layers: dict[str, nn.Linear]) -> None:
+def untie(model: nn.Module, layers: dict[str, nn.Linear]) -> None:
     """A head sharing the embedding's Parameter gets its own copy, so quantizing it leaves the embedding."""
-    config = getattr(model, "config", None)
-    if config is not None and getattr(config, "tie_word_embeddings", False):
-        config.tie_word_embeddings = False
     shared = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)}
     for m in layers.values():
         if id(m.weight) in shared:
             m.weight = nn.Parameter(m.weight.detach().clone())
+            config = getattr(model, "config", None)
+            if config is not None and getattr(config, "tie_word_embeddings", False):
+                config.tie_word_embeddings = False  # so no later tie_weights() ties them again
 
 
 class WeightOnly(Technique):
@@ -268,14 +274,16 @@ class WeightOnly(Technique):
 def quantize_layers_(model: nn.Module, config: WeightOnlyConfig, context: ApplyContext) -> WeightOnly:
     layers = _targets(model, config)
     hs = _hessians(model, layers, _calibration(context, config.calibration_windows)) if config.method == "gptq" else {}
-    _untie(model, layers)
+    untie(model, layers)
     errors = {}
     for name, m in layers.items():
-        w, grid = m.weight.detach().float(), config.grid(name)
+        w, grid, mask = m.weight.detach().float(), config.grid(name), getattr(m, "wattless_sparse_mask", None)
+        if mask is not None and grid.zero_point == "float":
+            raise ValueError(f"layer {name} is sparse, and 0 is not on a float-zero-point grid: use zero_point = \"int\"")
         if config.method == "gptq":
-            parts = gptq_quantize(w, hs.pop(name), grid, config.damp)
+            parts = gptq_quantize(w, hs.pop(name), grid, config.damp, mask)
         else:
-            parts = rtn_quantize(w, grid)
+            parts = rtn_quantize(w, grid, mask)
         m.__class__ = WeightOnlyLinear
         m.set_quantized(*parts, grid)
         errors[name] = float((m.weight.float() - w).norm() / w.norm().clamp(min=1e-12))
