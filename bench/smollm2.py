@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--accuracy-level", type=int, default=4)
     parser.add_argument("--runtimes", default=",".join(LM_RUNTIMES))
     parser.add_argument("--no-energy", action="store_true")
+    parser.add_argument("--metric-windows", type=int, default=None, help="test windows scored (default: all 16)")
     args = parser.parse_args()
     console = Console()
     out = Path(args.export)
@@ -93,7 +94,7 @@ def main() -> None:
         build_export(out, args.recipe, args.accuracy_level, console)
     result = bench_lm("smollm2", export=out, runtimes=tuple(args.runtimes.split(",")), threads=args.threads,
                       repeats=args.repeats, rounds=args.rounds, accuracy_level=args.accuracy_level,
-                      energy=not args.no_energy, json_path=args.json,
+                      energy=not args.no_energy, json_path=args.json, metric_windows=args.metric_windows,
                       log=lambda m: console.print(f"[dim]{m}[/]"))
     print_lm_table(result, console)
     for line in verdict(result):

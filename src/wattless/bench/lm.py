@@ -245,16 +245,17 @@ def _energy(model: Any, prompt_tokens: int, new_tokens: int) -> dict[str, Any]:
 
 
 def _prepare(wl: Any, runtimes: list[str], work: Path, export: Path | None, block: int, accuracy_level: int,
-             say: Any, energy: bool, prompt_tokens: int, new_tokens: int) -> dict[str, Any]:
+             say: Any, energy: bool, prompt_tokens: int, new_tokens: int, metric_windows: int | None) -> dict[str, Any]:
     from wattless.models import smollm2_gguf
     from wattless.runtime import read_metadata
     from wattless.workloads.smollm2 import reference_top1
 
     reference = wl.build_model()
     windows = wl.test.inputs
-    np.save(work / "windows.npy", windows.numpy())
     np.save(work / "prompt.npy", windows[0, :prompt_tokens].numpy())
-    np.save(work / "reference_top1.npy", reference_top1(windows).numpy())
+    scored = windows[:metric_windows] if metric_windows else windows
+    np.save(work / "windows.npy", scored.numpy())
+    np.save(work / "reference_top1.npy", reference_top1(scored).numpy())
     cache = _cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
@@ -280,7 +281,8 @@ def _prepare(wl: Any, runtimes: list[str], work: Path, export: Path | None, bloc
                 precisions = {n: d.split("(")[1].split(",")[0] for n, d in layers.items() if d.startswith("MatMulNBits")}
                 energies[name] = _energy(_priced(reference, precisions), prompt_tokens, new_tokens)
             elif name in pricing:
-                energies[name] = _energy(_priced(reference, pricing[name]), prompt_tokens, new_tokens)
+                same = next((energies[o] for o in energies if pricing.get(o) == pricing[name]), None)
+                energies[name] = same or _energy(_priced(reference, pricing[name]), prompt_tokens, new_tokens)
     return {"files": files, "energies": energies,
             "sizes_mb": {k: v.stat().st_size / 2**20 for k, v in files.items()}}
 
@@ -314,9 +316,11 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
 def bench_lm(workload: str = "smollm2", *, export: str | Path | None = None, runtimes: tuple[str, ...] = LM_RUNTIMES,
              threads: int = 2, repeats: int = 3, rounds: int = 2, prompt_tokens: int = 128, new_tokens: int = 64,
              block_size: int = 32, accuracy_level: int = 4, energy: bool = True, isolate: bool = True,
+             metric_windows: int | None = None,
              workdir: str | Path | None = None, json_path: str | Path | None = None, timeout_s: float = 1800.0,
              log: Any = None) -> dict[str, Any]:
-    """Benchmark the decoder runtimes side by side; returns (and writes to ``json_path``) the result JSON."""
+    """Benchmark the decoder runtimes side by side; returns (and writes to ``json_path``) the result JSON.
+    ``metric_windows``: score perplexity on the first that many test windows (default: all 16)."""
     from wattless.bench.process import run_worker
     from wattless.runtime import read_metadata
     from wattless.workloads import get_workload
@@ -346,7 +350,8 @@ def bench_lm(workload: str = "smollm2", *, export: str | Path | None = None, run
     work.mkdir(parents=True, exist_ok=True)
     load_start = os.getloadavg()
     try:
-        prep = _prepare(wl, runtimes, work, export, block_size, accuracy_level, say, energy, prompt_tokens, new_tokens)
+        prep = _prepare(wl, runtimes, work, export, block_size, accuracy_level, say, energy, prompt_tokens, new_tokens,
+                        metric_windows)
         firsts, best = _rounds(runtimes, prep, work, threads, repeats, rounds, prompt_tokens, new_tokens, isolate,
                                timeout_s, say, run_worker)
     finally:
@@ -356,6 +361,7 @@ def bench_lm(workload: str = "smollm2", *, export: str | Path | None = None, run
     _ratios(rows)
     result = _result(rows, notes, threads, prompt_tokens, new_tokens, block_size, accuracy_level, rounds, load_start,
                      export)
+    result["metric_tokens"] = int((metric_windows or len(wl.test)) * wl.test.inputs.shape[1])
     if json_path is not None:
         from wattless.files import atomic_write
 
