@@ -203,9 +203,12 @@ def _ort_int4_file(fp32: Path, out: Path, block: int, accuracy_level: int) -> Pa
     """ONNX Runtime's MatMulNBits quantizer (its default algorithm, RTN with a zero point) at ``block``."""
     if out.is_file():
         return out
+    import logging
+
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line a node
     proto = onnx.load(str(fp32))
     quant = MatMulNBitsQuantizer(proto, bits=4, block_size=block, accuracy_level=accuracy_level)
     quant.process()
