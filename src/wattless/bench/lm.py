@@ -355,12 +355,13 @@ def bench_lm(workload: str = "smollm2", *, export: str | Path | None = None, run
     try:
         prep = _prepare(wl, runtimes, work, export, block_size, accuracy_level, say, energy, prompt_tokens, new_tokens,
                         metric_windows)
-        firsts, best = _rounds(runtimes, prep, work, threads, repeats, rounds, prompt_tokens, new_tokens, isolate,
+        firsts, best, failed = _rounds(runtimes, prep, work, threads, repeats, rounds, prompt_tokens, new_tokens, isolate,
                                timeout_s, say, run_worker)
     finally:
         if own:
             shutil.rmtree(work, ignore_errors=True)
-    rows = [_row(n, best[n], firsts[n], prep, rounds) for n in runtimes]
+    notes += failed
+    rows = [_row(n, best[n], firsts[n], prep, rounds) for n in runtimes if n in best]
     _ratios(rows)
     result = _result(rows, notes, threads, prompt_tokens, new_tokens, block_size, accuracy_level, rounds, load_start,
                      export)
@@ -375,20 +376,25 @@ def bench_lm(workload: str = "smollm2", *, export: str | Path | None = None, run
 
 def _rounds(runtimes: list[str], prep: dict[str, Any], work: Path, threads: int, repeats: int, rounds: int,
             prompt_tokens: int, new_tokens: int, isolate: bool, timeout_s: float, say: Any, run_worker: Any
-            ) -> tuple[dict[str, Any], dict[str, Any]]:
+            ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     firsts: dict[str, Any] = {}
     best: dict[str, Any] = {}
+    failed: list[str] = []
     for round_ in range(rounds):
         for name in runtimes:
             say(f"timing {name} (round {round_ + 1} of {rounds})")
             spec = {"kind": "decoder", "runtime": name, "workdir": str(work), "threads": threads, "repeats": repeats,
                     "new_tokens": new_tokens, "n_ctx": prompt_tokens + new_tokens + 16,
                     "file": str(prep["files"].get(name, "")), "metric": round_ == 0}
-            got = run_worker(spec, isolate, timeout_s)
+            try:
+                got = run_worker(spec, isolate, timeout_s)
+            except BenchError as exc:  # one runtime failing (a crash in a compiled extension) leaves the others
+                failed.append(f"{name} failed and has no row: {exc}")
+                continue
             firsts.setdefault(name, got)
             if name not in best or got["decode_tokens_per_s"] > best[name]["decode_tokens_per_s"]:
                 best[name] = got
-    return firsts, best
+    return firsts, best, failed
 
 
 def _result(rows: list[dict[str, Any]], notes: list[str], threads: int, prompt_tokens: int, new_tokens: int,
