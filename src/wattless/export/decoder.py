@@ -124,12 +124,31 @@ def _nbits(g: Graph, x: str, parts: list[dict[str, Any]], hint: str) -> str:
     bits, block, _ = grids.pop()
     codes = np.concatenate([p["codes"] for p in parts])
     scales = np.concatenate([p["scales"] for p in parts]).astype(np.float32)
-    packed, zp, width = _blocks(codes, np.concatenate([p["zeros"] for p in parts]), bits, block)
+    zeros = np.concatenate([p["zeros"] for p in parts])
     n, k = codes.shape
+    if zeros.dtype.kind == "f" and k % block == 0:
+        return _float_zero_nbits(g, x, codes, scales, zeros, bits, block, hint)
+    packed, zp, width = _blocks(codes, zeros, bits, block)
     zp_dtype = np.float32 if zp.dtype.kind == "f" else U8
     return g.op("MatMulNBits", [x, g.const(packed, f"{hint}.weight", U8), g.const(scales.reshape(-1), f"{hint}.scales"),
                                 g.const(zp.reshape(-1), f"{hint}.zero_points", zp_dtype)],
                 hint, domain=MS, K=k, N=n, bits=width, block_size=block, accuracy_level=g.root.accuracy_level)
+
+
+def _float_zero_nbits(g: Graph, x: str, codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, bits: int,
+                      block: int, hint: str) -> str:
+    """x @ ((q - z) * s)^T with float zero points z, as x @ (q * s)^T on MatMulNBits' fast integer path (zero
+    points 0) minus the group sums of x times z * s: (B, S, K / block) @ (K / block, N), a small float
+    product. ONNX Runtime's kernels take float zero points only on a slow path."""
+    n, k = codes.shape
+    packed, zp, width = _blocks(codes, np.zeros_like(zeros, dtype=np.uint8), bits, block)
+    y = g.op("MatMulNBits", [x, g.const(packed, f"{hint}.weight", U8), g.const(scales.reshape(-1), f"{hint}.scales"),
+                             g.const(zp.reshape(-1), f"{hint}.zero_points", U8)],
+             hint, domain=MS, K=k, N=n, bits=width, block_size=block, accuracy_level=g.root.accuracy_level)
+    grouped = g.op("Reshape", [x, g.const([0, 0, k // block, block], f"{hint}.groups", np.int64)], hint)
+    sums = g.op("ReduceSum", [grouped, g.const([-1], f"{hint}.last", np.int64)], hint, keepdims=0)
+    offset = g.const((zeros * scales).T.astype(np.float32), f"{hint}.zero_offsets")  # (K / block, N)
+    return g.op("Sub", [y, g.op("MatMul", [sums, offset], hint)], hint)
 
 
 def _bias(g: Graph, y: str, layers: list[nn.Linear], hint: str) -> str:
