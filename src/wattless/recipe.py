@@ -12,6 +12,10 @@
     [act_sparsity] l1, relufy, layers
     [analog]      target, hwa, train_weight_noise, seeds, times_s, compare_without_hwa, noise scales
     [spiking]     target, steps, norm, percentile, reset, initial_membrane
+    [weight_only] bits, group_size, zero_point, symmetric, method (gptq | rtn), damp, calibration_windows,
+                  skip, overrides
+    [sparsify]    pattern (2:4 | unstructured), sparsity, method (wanda | magnitude), calibration_windows, skip
+    [kv_cache]    bits (a decoder's keys and values as stored in its cache)
 
 Validated on load: an unknown key, a wrong type or an impossible value is an error naming the key and
 the file. ``check_recipe`` then applies the recipe to a copy of the model, so combinations that cannot
@@ -40,6 +44,9 @@ from wattless.techniques.moe import MoEConfig
 from wattless.techniques.prune import PruneConfig
 from wattless.techniques.quantize import QuantConfig
 from wattless.techniques.spiking import SpikingConfig
+from wattless.techniques.kv_cache import KVCacheConfig
+from wattless.techniques.llm_sparsity import SparsifyConfig
+from wattless.techniques.weight_only import WeightOnlyConfig
 
 __all__ = ["Recipe", "TrainSection", "Objective", "load_recipe", "parse_recipe", "check_recipe", "apply_recipe",
            "save_recipe"]
@@ -87,6 +94,9 @@ class Recipe(BaseModel):
     moe: MoEConfig | None = None
     early_exit: ExitConfig | None = None
     act_sparsity: ActSparsityConfig | None = None
+    weight_only: WeightOnlyConfig | None = None
+    kv_cache: KVCacheConfig | None = None
+    sparsify: SparsifyConfig | None = None
     analog: AnalogConfig | None = None
     spiking: SpikingConfig | None = None
 
@@ -110,10 +120,12 @@ class Recipe(BaseModel):
 
     def techniques(self) -> list[TechniqueConfig]:
         """In the order they are applied: experts, activations, masks (traced on the plain backbone, before
-        exit heads branch off it), exits, then bits (so exit heads and experts are quantized too), then the
-        analog tiles (on the layers left float) or the spiking neurons (on the ReLUs)."""
+        exit heads branch off it), exits, then bits (so exit heads and experts are quantized too); weight-only
+        k-bit codes on the weights every other technique left; then the analog tiles (on the layers left float)
+        or the spiking neurons (on the ReLUs)."""
         ordered: list[TechniqueConfig | None] = [self.moe, self.act_sparsity, *self.prune, self.early_exit,
-                                                 self.quantize, self.analog, self.spiking]
+                                                 self.quantize, self.sparsify, self.weight_only, self.kv_cache,
+                                                 self.analog, self.spiking]
         return [c for c in ordered if c is not None]
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,11 +155,11 @@ def apply_recipe(model: nn.Module, recipe: Recipe, context: ApplyContext) -> lis
 
 
 def check_recipe(recipe: Recipe, model: nn.Module, context: ApplyContext, where: str = "(inline)",
-                 labelled: bool = True) -> None:
+                 labelled: bool = True, trains: bool = True) -> None:
     """Fail before training if the recipe cannot apply to this model; the model itself is not touched."""
     if recipe.early_exit is not None and not labelled:
         raise RecipeError(f"recipe {where}: key `early_exit`: exits need a labelled workload (a classifier)")
-    if recipe.distill is None and not labelled:
+    if recipe.distill is None and not labelled and trains:
         raise RecipeError(f"recipe {where}: the workload has no labels, so the student can only learn from the "
                           "baseline: add a [distill] section")
     trial = copy.deepcopy(model)

@@ -73,9 +73,17 @@ class RunResult:
 KERNEL_CHOICES = ("auto", "as-written")
 
 
-def load(path: str | Path, *, threads: int | None = None, kernels: str = "auto") -> "ExportedModel":
+def load(path: str | Path, *, threads: int | None = None, kernels: str = "auto") -> Any:
     """Open an export for inference; ``threads``: ONNX Runtime intra-op threads (default: all cores);
-    ``kernels``: "auto" (the fastest exact form on this CPU) or "as-written" (the file as stored)."""
+    ``kernels``: "auto" (the fastest exact form on this CPU) or "as-written" (the file as stored).
+    A decoder language model (kind "decoder-lm") opens as a ``wattless.lm_runtime.DecoderLM`` (generate)."""
+    path = Path(path)
+    proto = _read_model(path)
+    meta = _read_meta(proto, path)
+    if meta.get("kind") == "decoder-lm":
+        from wattless.lm_runtime import DecoderLM
+
+        return DecoderLM(path, meta, proto.SerializeToString(), threads=threads)
     return ExportedModel(path, threads=threads, kernels=kernels)
 
 

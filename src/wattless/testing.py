@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FakeMeter", "ReplayMeter", "EarlyExitToy", "SECNN"]
+__all__ = ["FakeMeter", "ReplayMeter", "EarlyExitToy", "SECNN", "tiny_llama"]
 
 
 class FakeMeter:
@@ -94,3 +94,20 @@ class SECNN(nn.Module):
         for block in self.blocks:
             h = block(h)
         return self.head(h.mean(-1))
+
+
+def tiny_llama(*, layers: int = 2, hidden: int = 64, vocab: int = 96, heads: int = 4, kv_heads: int = 2,
+               intermediate: int = 128, seed: int = 0, tied: bool = True) -> nn.Module:
+    """A seeded Llama-class decoder (transformers LlamaForCausalLM: grouped-query attention, RoPE, RMSNorm,
+    SwiGLU, tied embeddings by default) small enough for unit tests, in eval mode; SmolLM2's shape in small."""
+    import transformers
+
+    config = transformers.LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
+        rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = transformers.LlamaForCausalLM(config)
+    return model.eval()

@@ -17,7 +17,7 @@ import numpy as np
 from wattless.bench.runtimes import AS_WRITTEN, OWN
 from wattless.errors import BenchError, MeasurementUnavailable
 
-__all__ = ["worker", "run_worker", "main"]
+__all__ = ["worker", "run_worker", "main", "peak_rss_mb", "current_rss_mb"]
 
 
 def _proc_status_mb(key: str) -> float | None:
@@ -41,6 +41,9 @@ def _rss_mb() -> float:
 def _current_rss_mb() -> float:
     now = _proc_status_mb("VmRSS")
     return now if now is not None else _rss_mb()
+
+
+peak_rss_mb, current_rss_mb = _rss_mb, _current_rss_mb
 
 
 def _load_runtime(spec: dict[str, Any]) -> tuple[Any, Any]:
@@ -116,7 +119,12 @@ def _measured(call: Any, x: np.ndarray) -> tuple[dict[str, Any] | None, str | No
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Time one runtime on each batch size (increasing), in this process; see the module docstring."""
+    """Time one runtime on each batch size (increasing), in this process; see the module docstring. A decoder
+    spec (``kind`` = decoder) runs bench/lm.py's worker instead."""
+    if spec.get("kind") == "decoder":
+        from wattless.bench.lm import lm_worker
+
+        return lm_worker(spec)
     import onnxruntime  # noqa: F401  (every worker imports the same modules before its model)
     import torch
 

@@ -35,8 +35,29 @@ def export(
     report = export_run(run_dir, out, workload=workload, requantize=requantize, int8_kernel=int8_kernel)
     if as_json:
         print_json(report.to_json(), strict=False)
+    elif report.kind == "decoder-lm":
+        _print_decoder_export(report)
     else:
         _print_export(report)
+
+
+def _print_decoder_export(report) -> None:
+    kinds: dict[str, int] = {}
+    for kernel in report.layers.values():
+        kinds[kernel] = kinds.get(kernel, 0) + 1
+    console.print(Text(f"decoder exported to {report.path} ({report.size_bytes / 1e6:.1f} MB) with its KV cache "
+                       "(past/present inputs and outputs)"), highlight=False)
+    for kernel, n in kinds.items():
+        console.print(Text(f"  {n} Linear layers: {kernel}"), highlight=False)
+    p = report.parity
+    if p is not None:
+        console.print(Text(f"parity passed: perplexity {p['perplexity_onnx']:.4f} (ONNX) vs {p['perplexity_torch']:.4f} "
+                           f"(PyTorch) on {p['tokens']} held-out tokens, top-1 agreement {p['top1_agreement']:.4f}"),
+                      highlight=False)
+        for g in p["greedy"]:
+            line = (f"greedy {g['tokens']} tokens: equal to PyTorch's" if g["equal"] else
+                    f"greedy {g['tokens']} tokens: differs from position {g['first_difference']} ({g['why']})")
+            console.print(Text("  " + line), highlight=False)
 
 
 def _check_export(run_dir: Path, out: Path, int8_kernel: str) -> None:
@@ -87,14 +108,36 @@ def bench(
     rounds: Annotated[int, typer.Option("--rounds", help="time every runtime this many times, keep its best")] = 1,
     target: Annotated[str, typer.Option("--target", "-t", help="target whose estimated joules the table shows")] = "mobile-npu",
 ) -> None:
-    """Time the export beside PyTorch and ONNX Runtime (fp32, post-training int8) on this machine."""
+    """Time the export beside PyTorch and ONNX Runtime (fp32, post-training int8) on this machine; for
+    smollm2: PyTorch fp32, ONNX Runtime fp32 and its own int4 quantizer, llama.cpp, and the export."""
     from wattless.bench import bench as run_bench, print_table
 
     _check_bench(target, run, export_file)
+    if workload == "smollm2":
+        _bench_lm(run, export_file, json_file, threads, rounds)
+        return
     result = run_bench(workload, run=run, export=export_file, batches=_batches(batches), threads=threads,
                        repeats=repeats, warmup=warmup, seq_len=seq_len, rounds=rounds, json_path=json_file,
                        log=lambda msg: console.print(Text(msg, style="dim"), highlight=False))
     print_table(result, console, target)
+    if json_file is not None:
+        console.print(Text(f"written to {json_file}"), highlight=False)
+
+
+def _bench_lm(run: Path | None, export_file: Path | None, json_file: Path | None, threads: int, rounds: int) -> None:
+    import tempfile
+
+    from wattless.bench.lm import bench_lm, print_lm_table
+    from wattless.export import export_run
+
+    say = lambda msg: console.print(Text(msg, style="dim"), highlight=False)  # noqa: E731
+    with tempfile.TemporaryDirectory(prefix="wattless-lm-export-") as tmp:
+        if export_file is None and run is not None:
+            say(f"exporting {run}")
+            export_file = export_run(run, Path(tmp) / "wattless.onnx").path
+        result = bench_lm("smollm2", export=export_file, threads=threads, rounds=max(rounds, 2), json_path=json_file,
+                          log=say)
+    print_lm_table(result, console)
     if json_file is not None:
         console.print(Text(f"written to {json_file}"), highlight=False)
 

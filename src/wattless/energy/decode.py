@@ -32,7 +32,7 @@ from wattless.energy.estimate import Estimate, estimate
 from wattless.energy.target import Target, builtin_targets, resolve_target
 from wattless.errors import InputError, SpecError
 
-__all__ = ["DecodeCounts", "DecodeProfile", "count_decode", "profile_decode", "part_of", "PARTS"]
+__all__ = ["is_decoder_lm", "DecodeCounts", "DecodeProfile", "count_decode", "profile_decode", "part_of", "PARTS"]
 
 PARTS = ("embeddings", "attention", "mlp", "norms", "lm_head", "other")
 
@@ -82,6 +82,12 @@ def _total(sample: dict[str, UnitCount], attr: str) -> float:
 
 
 # --- tracing -----------------------------------------------------------------------------------------
+
+def is_decoder_lm(model: nn.Module) -> bool:
+    """A transformers-style causal LM with blocks and rotary embeddings (Llama, Qwen2, SmolLM2...)."""
+    body = getattr(model, "model", None)
+    return hasattr(model, "lm_head") and hasattr(body, "layers") and hasattr(body, "rotary_emb")
+
 
 def _cache_class() -> type:
     try:

@@ -187,6 +187,9 @@ def _example(wl: Any, bert: bool) -> torch.Tensor | None:
     return example if bert or not example.is_floating_point() else example.float()
 
 
+from wattless.export.lm import export_decoder, is_decoder  # noqa: E402  (after this module's own imports)
+
+
 def export_model(model: nn.Module, workload: Any, out: str | Path, *, tolerance: Tolerance | None = None,
                  check: bool = True, requantize: bool | None = None, int8_kernel: str = "portable") -> ExportReport:
     """Export ``model`` (a wattless-optimized module of ``workload``) to the ONNX file ``out``.
@@ -207,6 +210,9 @@ def export_model(model: nn.Module, workload: Any, out: str | Path, *, tolerance:
     out = _output_path(out)
     tol = tolerance or Tolerance()
     model = _deployed(model)
+    if is_decoder(model):
+        return export_decoder(model, out, windows=wl.test.inputs, tokenizer="smollm2" if wl.name == "smollm2" else None,
+                              workload=wl.name, check=check)
     bert = is_bert(model)
     example = _example(wl, bert)
     model = model if bert else logits_only(model, example)

@@ -38,7 +38,14 @@ def _minilm(seed: int) -> Workload:
     return load_minilm_workload(seed)
 
 
-_BUILT_IN: dict[str, Callable[[int], Workload]] = {"mnist1d": _mnist1d, "digits": _digits, "minilm": _minilm}
+def _smollm2(seed: int) -> Workload:
+    from wattless.workloads.smollm2 import load_smollm2_workload
+
+    return load_smollm2_workload(seed)
+
+
+_BUILT_IN: dict[str, Callable[[int], Workload]] = {"mnist1d": _mnist1d, "digits": _digits, "minilm": _minilm,
+                                                    "smollm2": _smollm2}
 
 
 def list_workloads() -> list[str]:
