@@ -94,10 +94,7 @@ def user_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
         wattless.step(model)
 
 
-KNOWN = {("efficientnet", "int8+2:4"): "12.5% of inputs within tolerance, 94% same class: a systematic "
-                                       "difference not yet found (issue 12 stays open on it)",
-         ("mobilenetv2", "int8+2:4"): "one of 32 inputs changes class (a rounding flip carried through 17 blocks); "
-                                      "passes or fails with the seed, so not held here until found (issue 12)"}
+KNOWN: dict[tuple[str, str], str] = {}  # (model, recipe) -> why the case is not held, if any
 CASES = [pytest.param(m, r, marks=pytest.mark.skip(reason=KNOWN[m, r])) if (m, r) in KNOWN else (m, r)
          for m in MODELS for r in RECIPES]
 

@@ -3,7 +3,8 @@
     y = BN(conv(x)) = conv(x) * f + (b - mean) * f + beta,   f = gamma / sqrt(var + eps)   (per channel)
 
 The weight's rows are scaled by f and the BatchNorm becomes Identity. For a quantized layer the per-channel
-weight step is scaled by |f| too, so its integer codes stay the trained ones (negated where f < 0): the fold
+weight step is scaled by |f| too, so its integer codes stay the trained ones (negated where f < 0; a layer holding the grid's most negative code
+in such a channel, which has no positive twin, keeps its BatchNorm): the fold
 costs no accuracy and removes a float op (priced as part of an int8 layer, run as one).
 
 A pair is found on an example forward: the BatchNorm's input is the very tensor the layer returned. Whether
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from wattless.techniques.quantize import is_quantized
+from wattless.techniques.quantize import integer_weights, is_quantized
 
 __all__ = ["fold_batchnorms"]
 
@@ -52,7 +53,21 @@ def _pairs(model: nn.Module, run: Any) -> list[tuple[str, str]]:
         for h in hooks:
             h.remove()
     used = [layer for layer, _ in pairs]
-    return [(layer, norm) for layer, norm in pairs if used.count(layer) == 1]  # a layer read by one norm
+    modules = dict(model.named_modules())
+    return [(layer, norm) for layer, norm in pairs  # a layer read by one norm, whose codes survive the fold
+            if used.count(layer) == 1 and _codes_survive(modules[layer], modules[norm])]
+
+
+@torch.no_grad()
+def _codes_survive(layer: nn.Module, norm: nn.Module) -> bool:
+    """Whether a quantized layer's codes stay representable when a channel's factor is negative: its codes
+    are negated there, and the grid's most negative code (-2^(k-1)) has no positive twin."""
+    if not is_quantized(layer) or getattr(layer, "weight_step", None) is None:
+        return True
+    gamma = norm.weight if norm.affine else torch.ones_like(norm.running_var)
+    codes, _ = integer_weights(layer)
+    negative = gamma < 0
+    return not bool((codes[negative] == -(2 ** (layer.weight_bits - 1))).any())
 
 
 @torch.no_grad()
