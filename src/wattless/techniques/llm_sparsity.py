@@ -23,9 +23,8 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from wattless.energy.count import uncounted
 from wattless.techniques.base import ApplyContext, Technique, TechniqueConfig, register
-from wattless.techniques.weight_only import untie
+from wattless.techniques.weight_only import observe_inputs, untie
 
 __all__ = ["SparsifyConfig", "Sparsified", "importance", "sparsity_mask"]
 
@@ -77,20 +76,7 @@ def _targets(model: nn.Module, config: SparsifyConfig) -> dict[str, nn.Linear]:
 
 def _input_norms(model: nn.Module, layers: dict[str, nn.Linear], batches: Iterator[Any]) -> dict[str, torch.Tensor]:
     sums = {n: torch.zeros(m.in_features) for n, m in layers.items()}
-
-    def hook(name: str):
-        def observe(_m: nn.Module, args: tuple) -> None:
-            sums[name] += args[0].detach().flatten(0, -2).float().pow(2).sum(0)
-        return observe
-
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
-    try:
-        with torch.no_grad(), uncounted():
-            for batch in batches:
-                model(**batch) if isinstance(batch, dict) else model(batch)
-    finally:
-        for h in handles:
-            h.remove()
+    observe_inputs(model, layers, batches, lambda name, x: sums[name].add_(x.pow(2).sum(0)))
     return {n: s.sqrt() for n, s in sums.items()}
 
 

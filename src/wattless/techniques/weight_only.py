@@ -26,7 +26,7 @@ inputs), which is how the layers are calibrated independently of each other.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -227,15 +227,15 @@ def _calibration(context: ApplyContext, windows: int) -> Iterator[Any]:
         seen += len(inputs) if isinstance(inputs, torch.Tensor) else 1
 
 
-def _hessians(model: nn.Module, layers: dict[str, nn.Linear], batches: Iterator[Any]) -> dict[str, torch.Tensor]:
-    """X^T X of every layer's inputs (in, in), summed over every calibration token."""
-    hs = {name: torch.zeros(m.in_features, m.in_features) for name, m in layers.items()}
+def observe_inputs(model: nn.Module, layers: dict[str, nn.Linear], batches: Iterator[Any],
+                   observe: Callable[[str, torch.Tensor], None]) -> None:
+    """Run ``batches`` through ``model`` (uncounted, no grad) calling ``observe(name, x)`` with each listed
+    layer's input rows x (tokens, in): the calibration pass GPTQ and Wanda share."""
 
     def hook(name: str):
-        def observe(_m: nn.Module, args: tuple) -> None:
-            x = args[0].detach().flatten(0, -2).float()
-            hs[name].addmm_(x.T, x)
-        return observe
+        def pre(_m: nn.Module, args: tuple) -> None:  # returns None: the layer's input is left as it is
+            observe(name, args[0].detach().flatten(0, -2).float())
+        return pre
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
     try:
@@ -245,6 +245,12 @@ def _hessians(model: nn.Module, layers: dict[str, nn.Linear], batches: Iterator[
     finally:
         for h in handles:
             h.remove()
+
+
+def _hessians(model: nn.Module, layers: dict[str, nn.Linear], batches: Iterator[Any]) -> dict[str, torch.Tensor]:
+    """X^T X of every layer's inputs (in, in), summed over every calibration token."""
+    hs = {name: torch.zeros(m.in_features, m.in_features) for name, m in layers.items()}
+    observe_inputs(model, layers, batches, lambda name, x: hs[name].addmm_(x.T, x))
     return hs
 
 
