@@ -91,11 +91,7 @@ def user_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
         wattless.step(model)
 
 
-KNOWN = {("mobilenetv2", "int8+2:4"): "one of 32 inputs may change class (a rounding flip carried through 17 "
-                                      "blocks, depending on the float summation order of the machine's threads): "
-                                      "it passed here and failed on a fresh clone, so it is not held (issue 12)"}
-CASES = [pytest.param(m, r, marks=pytest.mark.skip(reason=KNOWN[m, r])) if (m, r) in KNOWN else (m, r)
-         for m in MODELS for r in RECIPES]
+CASES = [(m, r) for m in MODELS for r in RECIPES]
 
 
 @pytest.mark.parametrize("name, recipe", CASES)

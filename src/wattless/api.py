@@ -232,7 +232,9 @@ def _example_workload(model: nn.Module, inputs: torch.Tensor, targets: torch.Ten
 
     if not isinstance(inputs, torch.Tensor):
         raise ExportError(f"wattless.export: example_inputs must be one tensor batch, not {type(inputs).__name__}")
-    metric = "accuracy" if targets is not None else "agreement"
+    from wattless.export.parity import SAME_CLASS
+
+    metric = "accuracy" if targets is not None else SAME_CLASS
     if targets is None:  # the classes the deployed PyTorch model gives: the parity's metric is agreement with them
         with torch.no_grad():
             targets = logits_of(_deployed(model)(inputs)).argmax(-1)
