@@ -37,9 +37,9 @@ def build(name: str) -> tuple[nn.Module, torch.Tensor]:
         config = t.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3, layer_type="basic")
         return t.ResNetForImageClassification(config), _images(32)
     if name == "mobilenetv2":
-        # tf_padding=False: plain symmetric padding; TF-style padding branches on the input's shape, which the
-        # structured-channel finder (torch.fx) cannot trace (issue 12's note)
-        config = t.MobileNetV2Config(depth_multiplier=0.35, image_size=32, num_labels=3, tf_padding=False)
+        # TF-style padding (the default) branches on the input's shape: torch.fx cannot trace it, so the
+        # structured-channel finder reads torch.export's graph
+        config = t.MobileNetV2Config(depth_multiplier=0.35, image_size=32, num_labels=3)
         return t.MobileNetV2ForImageClassification(config), _images(32)
     if name == "efficientnet":  # a wider init than the default keeps a random 32-layer net's activations alive
         config = t.EfficientNetConfig(width_coefficient=0.25, depth_coefficient=0.25, image_size=64, num_labels=3,

@@ -350,3 +350,41 @@ def test_check_prunable_rejects_configs_that_do_not_fit(config, message):
 def test_bad_configs_raise_validation_errors_naming_the_field(config, field):
     with pytest.raises(ValidationError, match=field):
         PruneConfig(**config)
+
+
+class ShapeBranch(nn.Module):
+    """A forward torch.fx cannot trace (a branch on the input's length, as Hugging Face's TF padding has) with a
+    residual and a squeeze-style mean: stem's and conv_b's channels meet the skip (not prunable alone), conv_a's
+    reach conv_b through a ReLU, head_conv's reach the Linear through a mean over positions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.bn = nn.Conv1d(3, 8, 3, padding=1), nn.BatchNorm1d(8)
+        self.conv_a, self.conv_b = nn.Conv1d(8, 8, 3, padding=1), nn.Conv1d(8, 8, 3, padding=1)
+        self.head_conv, self.fc = nn.Conv1d(8, 8, 1), nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % 2:
+            x = nn.functional.pad(x, (0, 1))
+        h = nn.functional.silu(self.bn(self.stem(x)))
+        h = h + self.conv_b(torch.relu(self.conv_a(h)))
+        return self.fc(torch.relu(self.head_conv(h)).mean(-1))
+
+
+def test_channel_pairs_come_from_torch_export_where_torch_fx_cannot_trace_the_forward():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 9)
+    model = ShapeBranch().eval()
+    handle = apply_(model, PruneConfig(pattern="structured", sparsity=0.5), ApplyContext(example_input=x))
+    handle.finish(model, ApplyContext(example_input=x))
+    assert handle.report(model)["found_by"] == "torch.export"
+    pruned_out = {n for n, m in model.named_modules()
+                  if getattr(m, "wattless_kept_out", None) is not None and not bool(m.wattless_kept_out.all())}
+    assert pruned_out == {"conv_a", "head_conv"}  # stem and conv_b feed the skip; fc's output leaves the model
+    keep = model.conv_a.wattless_kept_out
+    assert (model.conv_b.weight[:, ~keep] == 0).all() and (model.conv_b.weight[:, keep] != 0).any()
+    keep = model.head_conv.wattless_kept_out
+    assert (model.fc.weight[:, ~keep] == 0).all()  # the mean keeps each channel in its own column
+    from wattless.techniques.prune import structural_cuts
+
+    assert {c.group for c in structural_cuts(model, x)} == {"conv_a", "head_conv"}  # what export cuts out

@@ -22,7 +22,7 @@ __all__ = ["build_classifier", "logits_of", "logits_only", "Logits"]
 
 def _context(model: nn.Module, example: torch.Tensor, fuse: bool) -> Ctx:
     exits = isinstance(model, EarlyExitModel)  # exit heads read the blocks' channels: nothing is cut
-    ctx = Ctx(Keep() if exits else find_removable(model), fuse)
+    ctx = Ctx(Keep() if exits else find_removable(model, example[:2]), fuse)
     ctx.names = {id(m): n for n, m in model.named_modules()}
     observe(ctx, model, example[:2])
     return ctx

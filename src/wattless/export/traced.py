@@ -25,7 +25,7 @@ from torch import nn
 from wattless.errors import ExportError
 from wattless.export.graph import Ctx, Graph
 
-__all__ = ["emit_traced", "REGION_DOMAIN"]
+__all__ = ["emit_traced", "region_program", "REGION", "REGION_DOMAIN"]
 
 REGION_DOMAIN = "wattless.region"
 _REGIONS: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}  # key -> the module's own forward
@@ -38,11 +38,16 @@ def _region(x: torch.Tensor, key: int) -> torch.Tensor:
     return _REGIONS[key](x).clone()
 
 
+REGION = torch.ops.wattless.region.default  # the target of its nodes in an ATen graph
+
+
 @_region.register_fake
 def _region_shape(x: torch.Tensor, key: int) -> torch.Tensor:
-    shape_in, shape_out, dtype = _SHAPES[key]
+    shape_in, shape_out, dtype, channels = _SHAPES[key]
     same = len(shape_in) == len(shape_out)  # dims the module keeps follow its input's (the batch, tokens)
     shape = [x.shape[i] if same and i < x.dim() and shape_out[i] == shape_in[i] else d for i, d in enumerate(shape_out)]
+    if channels is not None:  # a layer's output channels are its own (after any cut), never its input's
+        shape[channels[0]] = channels[1]
     return x.new_empty(shape, dtype=dtype)
 
 
@@ -84,16 +89,21 @@ def _leaves(m: nn.Module, is_leaf: Callable[[nn.Module], bool], prefix: str = ""
 
 
 @contextlib.contextmanager
-def _as_regions(leaves: list[tuple[str, nn.Module]], ctx: Ctx) -> Iterator[dict[int, tuple[str, nn.Module]]]:
-    """Each leaf's forward replaced by the region op while torch.onnx traces; restored after."""
+def _as_regions(leaves: list[tuple[str, nn.Module]], shapes: dict[int, tuple],
+                channels: Callable[[nn.Module, int], tuple[int, int] | None] = lambda m, rank: None,
+                ) -> Iterator[dict[int, tuple[str, nn.Module]]]:
+    """Each leaf's forward replaced by the region op while torch.onnx traces; restored after. ``channels(leaf,
+    output rank)``: (axis, size) of a layer's output channels where the export cuts them, so shapes the
+    forward computes from them (a reshape to (B, C)) are the cut model's."""
     keys: dict[int, tuple[str, nn.Module]] = {}
     try:
         for path, leaf in leaves:
-            if id(leaf) not in ctx.shapes:
+            if id(leaf) not in shapes:
                 continue  # never ran on the example input: the trace will not reach it either
             key = next(_KEYS)
             keys[key] = (path, leaf)
-            _REGIONS[key], _SHAPES[key] = leaf.forward, ctx.shapes[id(leaf)]
+            shape_in, shape_out, dtype = shapes[id(leaf)]
+            _REGIONS[key], _SHAPES[key] = leaf.forward, (shape_in, shape_out, dtype, channels(leaf, len(shape_out)))
             leaf.forward = (lambda x, _k=key: torch.ops.wattless.region(x, _k))
         yield keys
     finally:
@@ -183,9 +193,25 @@ def emit_traced(g: Graph, ctx: Ctx, m: nn.Module, x: str, hint: str, emit: Calla
     if example is None:
         raise ExportError(f"{hint or type(m).__name__} did not run on the example input, so it cannot be traced")
     leaves = list(_leaves(m, is_leaf))
-    with _as_regions(leaves, ctx) as keys, torch.no_grad():
+    with _as_regions(leaves, ctx.shapes, ctx.keep.out_channels) as keys, torch.no_grad():
         proto = _export(m, example, hint, opset)
     return _inline(g, ctx, proto, x, hint, keys, emit)
+
+
+def region_program(model: nn.Module, example: torch.Tensor, is_leaf: Callable[[nn.Module], bool]
+                   ) -> tuple[torch.fx.Graph, dict[int, tuple[str, nn.Module]]]:
+    """The ATen graph torch.export traces for ``model`` on ``example``, each outermost ``is_leaf`` submodule one
+    ``wattless::region`` node (``node.args[1]`` is its key in the returned {key: (path, module)}): the model
+    seen at the granularity of its layers, whatever Python its forwards run (shape arithmetic, branches on
+    shapes, Hugging Face's TF padding), as torch.fx's symbolic tracing cannot."""
+    _, shapes = record_examples(model, lambda: model(example))
+    leaves = list(_leaves(model, is_leaf))
+    with _as_regions(leaves, shapes) as keys, torch.no_grad(), warnings.catch_warnings(), \
+            _quiet("torch.export", "torch._dynamo"):
+        warnings.simplefilter("ignore")
+        program = torch.export.export(model, (example,), strict=False)
+        mapping = dict(keys)
+    return program.graph, mapping
 
 
 def record_examples(model: nn.Module, run: Callable[[], Any]) -> tuple[dict[int, torch.Tensor], dict[int, tuple]]:

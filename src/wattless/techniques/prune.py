@@ -388,10 +388,129 @@ def _graphs(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Modul
                 yield from _graphs(child, f"{prefix}{name}.")
 
 
-def _channel_groups(model: nn.Module) -> tuple[list[_Group], str]:
+# --- the same pairs on torch.export's ATen graph (layers as wattless::region nodes) ---------------------
+
+_aten = torch.ops.aten
+_ATEN_CHANNELWISE = {
+    _aten.relu.default, _aten.relu_.default, _aten.silu.default, _aten.silu_.default, _aten.gelu.default,
+    _aten.sigmoid.default, _aten.tanh.default, _aten.hardtanh.default, _aten.hardtanh_.default,
+    _aten.hardswish.default, _aten.hardswish_.default, _aten.hardsigmoid.default, _aten.leaky_relu.default,
+    _aten.elu.default, _aten.mish.default, _aten.softplus.default, _aten.clone.default, _aten.contiguous.default,
+    _aten.dropout.default, _aten.alias.default, _aten.detach.default,
+    _aten.mul.Tensor, _aten.mul.Scalar, _aten.add.Tensor, _aten.add.Scalar, _aten.sub.Tensor, _aten.sub.Scalar,
+    _aten.div.Tensor, _aten.div.Scalar,  # with a number as the other operand (a second tensor refuses)
+}
+_ATEN_POOLS = {
+    _aten.max_pool1d.default, _aten.max_pool2d.default, _aten.max_pool3d.default, _aten.avg_pool1d.default,
+    _aten.avg_pool2d.default, _aten.avg_pool3d.default, _aten.adaptive_avg_pool1d.default,
+    _aten.adaptive_avg_pool2d.default, _aten.adaptive_avg_pool3d.default, _aten.adaptive_max_pool1d.default,
+    _aten.adaptive_max_pool2d.default, _aten.max_pool2d_with_indices.default,
+}
+_ATEN_RESHAPES = {_aten.view.default, _aten.reshape.default, _aten.flatten.using_ints, _aten.squeeze.dims,
+                  _aten.squeeze.dim, _aten._unsafe_view.default}
+
+
+def _shape(node: fx.Node) -> tuple[int, ...] | None:
+    val = node.meta.get("val")
+    return tuple(val.shape) if isinstance(val, torch.Tensor) else None
+
+
+def _aten_pass(node: fx.Node, source: fx.Node, layout: str) -> str | None:
+    """The layout after an ATen op if it keeps the producer's channels apart, else None."""
+    if any(isinstance(a, fx.Node) for a in (*node.args, *node.kwargs.values()) if a is not source):
+        return None  # a second tensor flows in (a residual add, a squeeze-and-excitation product)
+    if node.args[0] is not source:
+        return None
+    shape_in, shape_out = _shape(source), _shape(node)
+    if node.target in _ATEN_CHANNELWISE:
+        return layout
+    if layout != "first" or shape_in is None or shape_out is None or len(shape_in) < 3:
+        return None
+    if node.target in _ATEN_POOLS:
+        return layout
+    if node.target in (_aten.constant_pad_nd.default, _aten.pad.default):  # pads spatial dims only
+        return layout if len(node.args[1]) <= 2 * (len(shape_in) - 2) else None
+    if node.target is _aten.mean.dim:  # a mean over spatial dims: (B, C, 1..) or (B, C)
+        dims = {d % len(shape_in) for d in node.args[1]}
+        if 0 in dims or 1 in dims:
+            return None
+        return "first" if len(shape_out) > 2 else "last"
+    if node.target in _ATEN_RESHAPES and len(shape_out) == 2 and shape_out[0] == shape_in[0]:
+        return "flat"  # (B, C, ...) -> (B, C * prod(...)): a consumer reads blocks of in_features / C
+    return None
+
+
+def _follow_exported(start: fx.Node, channels: int, layout: str, regions: dict, shared: set) -> list[UnitSlice] | None:
+    """_follow on the ATen graph: regions are the layers (consumers, BatchNorm, depthwise convs)."""
+    found, consumers, todo = [], 0, [(start, layout)]
+    while todo:
+        node, layout = todo.pop()
+        for user in node.users:
+            if user.op != "call_function" or user.target is _aten.sym_size.int:
+                if user.op == "output":
+                    return None  # the channels leave the model
+                continue
+            passed = None
+            if _is_region(user):
+                key, m = user.args[1], regions[user.args[1]][1]
+                if key in shared and (is_mac(m) or isinstance(m, nn.modules.batchnorm._BatchNorm)):
+                    return None
+                consumed = _consumer_slices(m, layout, channels) if user.args[0] is node else None
+                if consumed is not None:
+                    found, consumers = found + consumed, consumers + 1
+                    continue
+                passed = _module_pass(m, layout) if user.args[0] is node else None
+            else:
+                after = _aten_pass(user, node, layout)
+                passed = None if after is None else (after, [])
+            if passed is None:
+                return None
+            todo.append((user, passed[0]))
+            found += passed[1]
+    return found if consumers else None
+
+
+def _is_region(node: fx.Node) -> bool:
+    from wattless.export.traced import REGION  # export imports the techniques: resolved when called
+
+    return node.op == "call_function" and node.target is REGION
+
+
+def _exported_groups(model: nn.Module, example: Any) -> list[_Group]:
+    from wattless.export.traced import region_program
+
+    graph, regions = region_program(model, example, lambda m: is_mac(m) or isinstance(m, nn.modules.batchnorm._BatchNorm))
+    nodes = [n for n in graph.nodes if _is_region(n)]
+    calls = Counter(n.args[1] for n in nodes)
+    by_module = Counter(id(regions[k][1]) for k in calls)  # a module under two keys is shared as well
+    shared = {k for k, c in calls.items() if c > 1 or by_module[id(regions[k][1])] > 1}
+    groups = []
+    for node in nodes:
+        path, m = regions[node.args[1]]
+        if not is_mac(m) or is_depthwise(m) or node.args[1] in shared:
+            continue
+        layout = "first" if isinstance(m, nn.modules.conv._ConvNd) else "last"
+        followers = _follow_exported(node, _out_size(m), layout, regions, shared)
+        if followers:
+            groups.append(_Group(path, _out_size(m), _slices(m, "out"), followers))
+    return groups
+
+
+def _channel_groups(model: nn.Module, example: Any = None) -> tuple[list[_Group], str]:
+    """Channel pairs from torch.fx on the whole model; where that fails and an example input is given, from
+    torch.export (which runs Python control flow on shapes); else torch.fx block by block."""
     traced = list(_graphs(model))
-    groups = [g for prefix, module, graph in traced for g in _traced_groups(module, graph, prefix)]
     whole = len(traced) == 1 and traced[0][0] == ""
+    if not whole and isinstance(example, torch.Tensor):
+        was = model.training
+        try:
+            model.eval()
+            return _exported_groups(model, example[:2]), "torch.export"
+        except Exception:  # torch.export refused the forward: the blocks torch.fx traces
+            pass
+        finally:
+            model.train(was)
+    groups = [g for prefix, module, graph in traced for g in _traced_groups(module, graph, prefix)]
     return groups, "torch.fx" if whole else f"torch.fx per block ({len(traced)} traced)"
 
 
@@ -420,12 +539,12 @@ def _dead_units(group: _Group) -> torch.Tensor | None:
     return dead
 
 
-def structural_cuts(model: nn.Module) -> list[UnitCut]:
+def structural_cuts(model: nn.Module, example: Any = None) -> list[UnitCut]:
     """The groups (torch.fx channel pairs) with units that carry nothing, for shrinking tensors at export.
 
     A unit is cut only where all its readers are known; a model torch.fx cannot trace has no known pairs."""
     try:
-        groups, _ = _channel_groups(model)
+        groups, _ = _channel_groups(model, example)
     except Exception:
         return []
     cuts = []
@@ -457,7 +576,7 @@ def _submodule(m: nn.Module, path: str) -> nn.Module | None:
         return None
 
 
-def _neuron_groups(model: nn.Module) -> tuple[list[_Group], str]:
+def _neuron_groups(model: nn.Module, example: Any = None) -> tuple[list[_Group], str]:
     groups = []
     for name, block in model.named_modules():
         for producer_paths, consumer_path in _FFN_NAMES:
@@ -471,11 +590,11 @@ def _neuron_groups(model: nn.Module) -> tuple[list[_Group], str]:
                                  _slices(consumer, "in")))
     if groups:
         return groups, "FFN blocks by name"
-    traced, how = _channel_groups(model)
+    traced, how = _channel_groups(model, example)
     return [g for g in traced if not isinstance(g.producers[0].module, nn.modules.conv._ConvNd)], how
 
 
-def _head_groups(model: nn.Module) -> tuple[list[_Group], str]:
+def _head_groups(model: nn.Module, example: Any = None) -> tuple[list[_Group], str]:
     """BERT-style self-attention: a module with query/key/value, and a sibling ``output.dense``."""
     groups = []
     for name, parent in model.named_modules():
@@ -521,9 +640,9 @@ def _check_nm(layers: dict[str, nn.Module], config: PruneConfig) -> None:
             f"not so for {what}. Add them to skip, e.g. skip={[n for n, _ in bad]}")
 
 
-def _structured(model: nn.Module, config: PruneConfig) -> tuple[list[_Group], str]:
+def _structured(model: nn.Module, config: PruneConfig, example: Any) -> tuple[list[_Group], str]:
     find = {"channel": _channel_groups, "neuron": _neuron_groups, "head": _head_groups}[config.granularity]
-    groups, how = find(model)
+    groups, how = find(model, example)
     if not groups:
         why = {
             "channel": "no Linear/Conv whose output channels reach other Linear/Conv layers only through "
@@ -540,11 +659,11 @@ def _structured(model: nn.Module, config: PruneConfig) -> tuple[list[_Group], st
     return chosen, how
 
 
-def _plan(model: nn.Module, config: PruneConfig) -> _Plan:
+def _plan(model: nn.Module, config: PruneConfig, example: Any = None) -> _Plan:
     names = [n for n, m in model.named_modules() if is_mac(m)]
     _check_globs(names, config, model)
     if config.pattern == "structured":
-        groups, how = _structured(model, config)
+        groups, how = _structured(model, config, example)
         plan = _Plan({}, groups, how)
     else:
         modules = dict(model.named_modules())
@@ -560,9 +679,9 @@ def _plan(model: nn.Module, config: PruneConfig) -> _Plan:
     return plan
 
 
-def check_prunable(model: nn.Module, config: PruneConfig) -> None:
+def check_prunable(model: nn.Module, config: PruneConfig, example: Any = None) -> None:
     """Raise PruneError (a ValueError) naming the layer and the problem if ``config`` cannot prune it."""
-    _plan(model, config)
+    _plan(model, config, example)
 
 
 # --- choosing what to remove --------------------------------------------------------------------------
@@ -734,6 +853,6 @@ def _convert_pruning(model: nn.Module, config: PruneConfig | None) -> None:
 @register(PruneConfig)
 def apply_prune(model: nn.Module, config: PruneConfig, context: ApplyContext) -> Pruning:
     """Validate, then put an all-ones Mask on every tensor the config prunes; the handle ramps them."""
-    plan = _plan(model, config)
+    plan = _plan(model, config, context.example_input)
     names = {id(m): n for n, m in model.named_modules()}
     return Pruning(config, plan, names)
