@@ -148,6 +148,7 @@ class ExportedModel:
         self._main = self._outputs.index(self.meta["outputs"]["output"])
         self._input = self._spec["name"]
         self._shape = tuple(self._spec.get("shape", ()))
+        self._dtype = np.dtype(self._spec.get("dtype", "float32"))  # float32, or int64 token ids
         self._tokenizer = None
 
     def _options(self, profile_prefix: str | None = None) -> Any:
@@ -249,7 +250,7 @@ class ExportedModel:
     # -- checking inputs ---------------------------------------------------------------------------------
     def _classifier_input(self, inputs: Any) -> tuple[np.ndarray, bool]:
         x = inputs if type(inputs) is np.ndarray else _as_array(inputs)
-        dtype = np.dtype(self.meta["input"].get("dtype", "float32"))  # float32, or int64 token ids
+        dtype = self._dtype
         if dtype.kind == "f" and x.dtype.kind != "f":
             raise ModelInputError(f"wrong dtype {x.dtype}: this model takes floating-point inputs (float32); "
                                   "convert with .astype(numpy.float32)")

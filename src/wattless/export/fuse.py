@@ -1,6 +1,6 @@
 """Requantization: an integer conv whose output only feeds the next layer's quantizer becomes one QLinearConv.
 
-ConvInteger -> Cast -> Mul -> [Add] -> [Relu, MaxPool, Flatten] -> [Clip] -> QuantizeLinear becomes
+ConvInteger -> DequantizeLinear -> [Add] -> [Relu, MaxPool, Flatten] -> [Clip] -> QuantizeLinear becomes
 QLinearConv (integers in, the next layer's codes out) -> [Clip on codes] -> [MaxPool, Flatten]. The bias
 becomes int32 in units of the accumulator (rounded: at most half an accumulator step off), the rest is the
 same rounding of the same values; ReLU is the clip at the zero point."""
