@@ -427,3 +427,37 @@ def test_an_override_written_out_keeps_only_the_bits_it_gives():
     from wattless.techniques.quantize import _layer_bits
 
     assert _layer_bits("fc", again.quantize) == (2, 4)  # act bits still from the config, not a default 8
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: nn.Linear(48, 16), (64, 48)),
+    (lambda: nn.Linear(1024, 8), (8, 1024)),  # sums may pass 2^24 in float32: the float64 path
+    (lambda: nn.Conv1d(8, 16, 5, padding=2), (4, 8, 30)),
+    (lambda: nn.Conv2d(6, 8, 3, stride=2), (2, 6, 11, 11)),
+], ids=["linear", "linear-wide", "conv1d", "conv2d"])
+def test_evaluation_computes_the_integer_kernels_arithmetic_to_the_bit(make, shape):
+    """In eval, a quantized layer's output is what ConvInteger / MatMulIntegerToFloat give: the int64 sum of
+    code products times float32(step_x * step_w) plus the bias, bit for bit (training keeps the float path)."""
+    torch.manual_seed(0)
+    model = make()
+    x = torch.randn(*shape) * 3
+    quantize(model, x, weight_bits=8, act_bits=8)
+    with torch.no_grad():
+        model.train()(x)  # steps set from the first input
+        train_y = model(x)
+        y = model.eval()(x)
+        s_w = model._weight_scale(model.weight)
+        codes = model._weight_codes(model.weight, s_w).to(torch.int64)
+        qn, qp = model._act_range()
+        s_x = model._act_step_value(x)
+        qx = torch.round((x / s_x).clamp(qn, qp)).to(torch.int64)
+        if isinstance(model, nn.Linear):
+            acc, shape_c = qx @ codes.T, (-1,)
+        else:
+            conv = nn.functional.conv1d if isinstance(model, nn.Conv1d) else nn.functional.conv2d
+            acc = conv(qx.double(), codes.double(), None, model.stride, model.padding).round().to(torch.int64)
+            shape_c = (-1, *[1] * (acc.dim() - 2))
+        scale = (s_x.double() * s_w.reshape(-1).double()).float().reshape(shape_c)
+        ref = acc.to(torch.float32) * scale + model.bias.reshape(shape_c)
+    assert torch.equal(y, ref)
+    assert torch.allclose(y, train_y, rtol=1e-4, atol=1e-4)  # the same values, summed in another order

@@ -50,6 +50,11 @@ def uncounted() -> Iterator[None]:
         _LOCAL.depth -= 1
 
 
+def counting() -> bool:
+    """Whether a count (wattless.count, a profile, the energy objective's re-costing) is tracing this thread."""
+    return getattr(_LOCAL, "tracer", None) is not None
+
+
 def kv_cache_update(written: Sequence[torch.Tensor], cached: Sequence[torch.Tensor]) -> None:
     """Called by a KV cache inside a counted forward: it stored ``written`` (the new keys and values) and
     now holds ``cached``. The write is charged to the running unit as KV-cache bytes, and later reads of

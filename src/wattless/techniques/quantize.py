@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_valid
 from torch import nn
 from torch.nn.utils import parametrize
 
-from wattless.energy.count import run_model, uncounted
+from wattless.energy.count import counting, run_model, uncounted
 from wattless.errors import InputError, WattlessError
 from wattless.techniques.base import ApplyContext, Technique, TechniqueConfig, numbers_are_numbers, register
 
@@ -275,6 +275,8 @@ class _QuantMixin:
 
     # -- forward and state ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and self._integer_exact(x) and not counting():
+            return self._integer_forward(x)
         w = self.weight  # read now: a parametrization on weight (a pruning mask) applies first
         with uncounted():  # simulated integer arithmetic: deployment never runs it
             if self.smooth_factor is not None:  # folded into the op before this layer at deployment
@@ -287,6 +289,33 @@ class _QuantMixin:
             s = self._weight_scale(w)
             w = self._weight_codes(w, s) * s
         return self._float_op(x, w)
+
+    def _integer_exact(self, x: torch.Tensor) -> bool:
+        """Evaluation runs the integer kernel's own arithmetic (see _integer_forward) where the export has one:
+        a static activation grid, steps set, float32 inputs."""
+        return (self.act_bits is not None and not self.per_token and self.smooth_factor is None
+                and self._steps_ready and x.dtype == torch.float32)
+
+    def _integer_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The integer kernel's arithmetic: codes times codes summed exactly (float32 where no sum can pass 2^24,
+        else float64), times the product of the two steps rounded once to float32, plus the bias: what
+        ConvInteger / MatMulIntegerToFloat and the scale after them compute, to the bit. The float path
+        (codes x step, then a float conv) sums in another order, so a value near a rounding boundary of the next
+        quantizer can land on the other side, and deep nets carry that flip to their outputs. The same values
+        as the training forward up to float rounding."""
+        w = self.weight
+        with uncounted():
+            s_w = self._weight_scale(w)
+            codes = self._weight_codes(w, s_w)
+            qn, qp = self._act_range()
+            s_x = self._act_step_value(x)
+            qx = torch.round((x / s_x).clamp(qn, qp))
+            bound = w[0].numel() * max(-qn, qp) * 2 ** (self.weight_bits - 1)  # the largest |sum| possible
+            exact = torch.float32 if bound < 2**24 else torch.float64
+            acc = self._float_op_without_bias(qx.to(exact), codes.to(exact)).to(torch.float32)
+            shape = (-1,) if isinstance(self, nn.Linear) else (-1, *[1] * (acc.dim() - 2))
+            y = acc * (s_x.double() * s_w.reshape(-1).double()).float().reshape(shape)
+            return y if self.bias is None else y + self.bias.reshape(shape)
 
     def freeze_steps(self) -> None:
         """Stop learning or tracking step sizes (after training)."""
@@ -319,15 +348,24 @@ class QuantLinear(_QuantMixin, nn.Linear):
     def _float_op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.linear(x, w, self.bias)
 
+    def _float_op_without_bias(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, w)
+
 
 class QuantConv1d(_QuantMixin, nn.Conv1d):
     def _float_op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, w, self.bias)
 
+    def _float_op_without_bias(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, w, None)
+
 
 class QuantConv2d(_QuantMixin, nn.Conv2d):
     def _float_op(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, w, self.bias)
+
+    def _float_op_without_bias(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, w, None)
 
 
 _QUANT_CLASSES: dict[type, type] = {nn.Linear: QuantLinear, nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d}
