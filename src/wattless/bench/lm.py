@@ -85,13 +85,35 @@ class _Onnx:
 
 
 class _LlamaCpp:
+    """llama.cpp on the GGUF, with its extra buffer types off: on this AMX-capable CPU the AMX Q4_1 matmul of
+    llama-cpp-python 0.3.36 (batches of more than one token) dies with SIGSEGV inside
+    ``ggml_backend_amx_mul_mat`` (gdb); without them llama.cpp runs its AVX-512 VNNI kernels, which is
+    what it does on any CPU without AMX (CPU repacking covers Q4_0 / Q4_K / IQ4_NL / Q8_0, not Q4_1)."""
+
     def __init__(self, spec: dict[str, Any]) -> None:
         import llama_cpp
 
         self.llama_cpp, self.spec = llama_cpp, spec
-        self.llm = llama_cpp.Llama(model_path=spec["file"], n_ctx=spec["n_ctx"], n_batch=512, n_threads=spec["threads"],
-                                   n_threads_batch=spec["threads"], verbose=False)
+        self.llm = self._load(spec["n_ctx"], logits_all=False)
         self.vocab = self.llm.n_vocab()
+
+    def _load(self, n_ctx: int, *, logits_all: bool) -> Any:
+        import llama_cpp.llama_cpp as capi
+
+        default = capi.llama_model_default_params
+
+        def params() -> Any:  # Llama() takes no use_extra_bufts keyword; it builds its params from this
+            p = default()
+            p.use_extra_bufts = False
+            return p
+
+        capi.llama_model_default_params = params
+        try:
+            return self.llama_cpp.Llama(model_path=self.spec["file"], n_ctx=n_ctx, n_batch=512,
+                                        n_threads=self.spec["threads"], n_threads_batch=self.spec["threads"],
+                                        logits_all=logits_all, verbose=False)
+        finally:
+            capi.llama_model_default_params = default
 
     def _last_logits(self) -> np.ndarray:
         return np.ctypeslib.as_array(self.llama_cpp.llama_get_logits(self.llm.ctx), shape=(self.vocab,))
@@ -109,11 +131,9 @@ class _LlamaCpp:
                 self.llm.eval([tokens[-1]])
         return tokens
 
-    def logits(self, window: np.ndarray) -> np.ndarray:
+    def logits(self, window: np.ndarray) -> np.ndarray:  # (B, T) -> (B, T, V): llama.cpp's own logits
         if not hasattr(self, "scorer"):
-            self.scorer = self.llama_cpp.Llama(model_path=self.spec["file"], n_ctx=window.shape[1] + 8, n_batch=512,
-                                               n_threads=self.spec["threads"], n_threads_batch=self.spec["threads"],
-                                               logits_all=True, verbose=False)
+            self.scorer = self._load(window.shape[1] + 8, logits_all=True)
         rows = []
         for row in window:
             self.scorer.reset()
