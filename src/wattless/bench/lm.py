@@ -238,8 +238,9 @@ def _ort_int4_file(fp32: Path, out: Path, block: int, accuracy_level: int) -> Pa
     return out
 
 
-def _priced(model: Any, precisions: dict[str, str]) -> Any:
-    """A copy of the float model whose Linear layers say the precision the runtime reads their weights at."""
+def _priced(model: Any, weights: dict[str, tuple[str, float]], kv_precision: str = "fp32") -> Any:
+    """A copy of the float model saying how the runtime stores it: Linear weights (name glob -> precision and
+    bits per weight of group scales and zero points) and the KV cache's precision."""
     import copy
     import fnmatch
 
@@ -247,12 +248,34 @@ def _priced(model: Any, precisions: dict[str, str]) -> Any:
 
     priced = copy.deepcopy(model)
     for name, m in priced.named_modules():
+        if hasattr(m, "k_proj") and kv_precision != "fp32":
+            m.wattless_kv_precision = kv_precision
         if isinstance(m, nn.Linear):
-            for glob, p in precisions.items():
+            for glob, (precision, group_bits) in weights.items():
                 if fnmatch.fnmatchcase(name, glob):
-                    m.wattless_weight_precision = p
+                    m.wattless_weight_precision, m.wattless_weight_group_bits = precision, group_bits
                     break
     return priced
+
+
+# How each runtime stores the weights (group metadata at fp16 scales/minima, the deployed form a target reads):
+# MatMulNBitsQuantizer: every MatMul 4-bit, block 32, a scale and a 4-bit zero point; the GGUF: Q4_1 blocks
+# (fp16 scale and minimum per 32) and a Q8_0 embedding/head (fp16 scale per 32).
+PRICING: dict[str, dict[str, tuple[str, float]]] = {
+    "torch-fp32": {}, "ort-fp32": {}, "ort-int4": {"*": ("int4", 20 / 32)},
+    "llama-cpp": {"lm_head": ("int8", 16 / 32), "*": ("int4", 32 / 32)}}
+
+
+def _export_pricing(export: Path) -> tuple[dict[str, tuple[str, float]], str]:
+    from wattless.runtime import read_metadata
+
+    meta = read_metadata(export)
+    if "pricing" in meta:
+        p = meta["pricing"]
+        return {n: (w["precision"], w["group_bits"]) for n, w in p["weights"].items()}, p.get("kv_precision", "fp32")
+    layers = meta.get("layers", {})  # files written before the pricing entry: precision only
+    return ({n: (d.split("(")[1].split(",")[0], 0.0) for n, d in layers.items() if d.startswith("MatMulNBits")},
+            "fp32")
 
 
 def _energy(model: Any, prompt_tokens: int, new_tokens: int) -> dict[str, Any]:
@@ -260,17 +283,17 @@ def _energy(model: Any, prompt_tokens: int, new_tokens: int) -> dict[str, Any]:
 
     from wattless.energy.decode import profile_decode
 
-    ids = torch.zeros(1, prompt_tokens, dtype=torch.long) + 1000
+    ids = torch.full((1, prompt_tokens), min(1000, model.config.vocab_size - 1), dtype=torch.long)
     prof = profile_decode(model, {"input_ids": ids}, list(ENERGY_TARGETS), prompt_tokens=prompt_tokens,
                           new_tokens=new_tokens)
+    data = prof.to_json()["decode"]["bytes"]
     return {"energy_kind": "estimated", "energy_j_per_token": {t: prof.energy_per_token_j(t) for t in ENERGY_TARGETS},
-            "weight_bytes_per_token": prof.to_json()["decode"]["bytes"]["weights"]}
+            "weight_bytes_per_token": data["weights"], "kv_read_bytes_per_token": data["kv_read"]}
 
 
 def _prepare(wl: Any, runtimes: list[str], work: Path, export: Path | None, block: int, accuracy_level: int,
              say: Any, energy: bool, prompt_tokens: int, new_tokens: int, metric_windows: int | None) -> dict[str, Any]:
     from wattless.models import smollm2_gguf
-    from wattless.runtime import read_metadata
     from wattless.workloads.smollm2 import reference_top1
 
     reference = wl.build_model()
@@ -293,19 +316,18 @@ def _prepare(wl: Any, runtimes: list[str], work: Path, export: Path | None, bloc
         files["llama-cpp"] = smollm2_gguf()
     if "wattless" in runtimes and export is not None:
         files["wattless"] = export
-    pricing = {"torch-fp32": {}, "ort-fp32": {}, "ort-int4": {"*": "int4"},
-               "llama-cpp": {"lm_head": "int8", "*": "int4"}}  # the GGUF: Q4_1 layers, Q8_0 embedding/head
     energies: dict[str, Any] = {}
+    keys: dict[str, str] = {}
     if energy:
         say("estimating joules per token (energy core)")
         for name in runtimes:
-            if name == "wattless" and export is not None:
-                layers = read_metadata(export).get("layers", {})
-                precisions = {n: d.split("(")[1].split(",")[0] for n, d in layers.items() if d.startswith("MatMulNBits")}
-                energies[name] = _energy(_priced(reference, precisions), prompt_tokens, new_tokens)
-            elif name in pricing:
-                same = next((energies[o] for o in energies if pricing.get(o) == pricing[name]), None)
-                energies[name] = same or _energy(_priced(reference, pricing[name]), prompt_tokens, new_tokens)
+            how = _export_pricing(export) if name == "wattless" and export is not None else (PRICING.get(name), "fp32")
+            if how[0] is None:
+                continue
+            key = json.dumps(how, sort_keys=True)
+            energies[name] = next((energies[o] for o, k in keys.items() if k == key), None) or \
+                _energy(_priced(reference, *how), prompt_tokens, new_tokens)
+            keys[name] = key
     return {"files": files, "energies": energies,
             "sizes_mb": {k: v.stat().st_size / 2**20 for k, v in files.items()}}
 
@@ -322,7 +344,8 @@ def _row(name: str, best: dict[str, Any], first: dict[str, Any], prep: dict[str,
             "metric_name": "next_token_agreement", "metrics": metrics,
             "energy_kind": "estimated", "energy_j_per_token": energy.get("energy_j_per_token", {}),
             "energy_j": energy.get("energy_j_per_token", {}),
-            "weight_bytes_per_token": energy.get("weight_bytes_per_token"), "greedy_tokens": first["greedy_tokens"]}
+            "weight_bytes_per_token": energy.get("weight_bytes_per_token"),
+            "kv_read_bytes_per_token": energy.get("kv_read_bytes_per_token"), "greedy_tokens": first["greedy_tokens"]}
 
 
 def _ratios(rows: list[dict[str, Any]]) -> None:
@@ -430,7 +453,8 @@ def _result(rows: list[dict[str, Any]], notes: list[str], threads: int, prompt_t
                          "algorithm": "MatMulNBitsQuantizer default (RTN, asymmetric)"},
             "export": str(export) if export else None, "energy_kind": "estimated",
             "energy_note": "joules per decode token estimated by the energy core on each target (batch 1, prompt "
-                           f"{prompt_tokens}, {new_tokens} new tokens); group scales and zero points are not counted",
+                           f"{prompt_tokens}, {new_tokens} new tokens); weights read at each runtime's storage: codes plus "
+                           "group scales and zero points (fp16 as deployed), the KV cache at its precision",
             "machine": {"cpu": cpu_name(), "cpu_features": cpu_features(), "cores": os.cpu_count(),
                         "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
                         "load_average_start": list(load_start), "load_average_end": list(os.getloadavg())},

@@ -69,6 +69,15 @@ def _layers(model: nn.Module) -> dict[str, str]:
                 else "MatMul (fp32)") for n, m in model.named_modules() if isinstance(m, nn.Linear)}
 
 
+def pricing(model: nn.Module) -> dict[str, Any]:
+    """What the energy core prices the exported file at: each weight-only Linear's precision and group bits,
+    and the KV cache's precision (recorded in the metadata; the bench prices the float model with it)."""
+    weights = {n: {"precision": m.wattless_weight_precision, "group_bits": m.wattless_weight_group_bits}
+               for n, m in model.named_modules() if is_weight_only(m)}
+    kv = {getattr(m, "wattless_kv_precision", None) for m in model.modules() if hasattr(m, "k_proj")}
+    return {"weights": weights, "kv_precision": kv.pop() if len(kv) == 1 and None not in kv else "fp32"}
+
+
 def _perplexities(model: nn.Module, lm: Any, windows: torch.Tensor) -> dict[str, Any]:
     """PyTorch's and ONNX's perplexity on the windows, and their top-1 agreement (one pass of each)."""
     from wattless.workloads.smollm2 import decoder_metrics
@@ -133,7 +142,7 @@ def export_decoder(model: nn.Module, out: str | Path, *, windows: torch.Tensor, 
     out.parent.mkdir(parents=True, exist_ok=True)
     graph, shape = build_decoder(model, accuracy_level=accuracy_level)
     meta = {"decoder": shape.to_json(), "tokenizer": tokenizer, "workload": workload, "accuracy_level": accuracy_level,
-            "layers": _layers(model)}
+            "layers": _layers(model), "pricing": pricing(model)}
     fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
     tmp = Path(name)

@@ -167,6 +167,13 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g
     return (codes - zeros.repeat_interleave(group, 1)[:, :k]) * scales.repeat_interleave(group, 1)[:, :k]
 
 
+def group_bits(bits: int, group_size: int, zero_point: str, symmetric: bool = False) -> float:
+    """Bits per weight of a group's metadata as deployed (priced by the energy core beside the codes): an fp16
+    scale, and an fp16 (float) or ``bits``-wide (integer) zero point unless the grid is symmetric."""
+    zero = 0 if symmetric else (16 if zero_point == "float" else bits)
+    return (16 + zero) / group_size
+
+
 # --- the layer ---------------------------------------------------------------------------------------------
 
 class WeightOnlyLinear(nn.Linear):
@@ -179,6 +186,7 @@ class WeightOnlyLinear(nn.Linear):
         bits, group_size = grid.bits, grid.group_size
         self.bits, self.group_size, self.zero_point = bits, group_size, grid.zero_point
         self.wattless_weight_precision = f"int{bits}"
+        self.wattless_weight_group_bits = group_bits(bits, group_size, grid.zero_point, grid.symmetric)
         for name, value in (("codes", codes.to(torch.uint8)), ("scales", scales.float()), ("zeros", zeros.float() if grid.zero_point == "float" else zeros.to(torch.uint8))):
             if name in self._buffers:
                 self._buffers[name] = value
