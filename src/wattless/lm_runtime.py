@@ -7,7 +7,7 @@ takes and returns (``wattless.runtime.load`` opens one of these for such a file)
     lm.logits(ids)                                                    # (B, T, vocab) of a whole window
 
 The prompt runs as one prefill (all its tokens, an empty cache), then one token per step with the cache
-the previous step returned. ``temperature`` 0 is greedy (argmax, the first of ties, as torch); above 0
+the previous step returned (float, or int8 codes and scales when the recipe quantized it). ``temperature`` 0 is greedy (argmax, the first of ties, as torch); above 0
 samples from softmax(logits / temperature) with a seeded generator. Generation stops at the tokenizer's
 end-of-sequence token or after ``max_new_tokens``.
 """
@@ -53,7 +53,10 @@ class DecoderLM:
             self.session = ort.InferenceSession(proto_bytes, options, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ExportError(f"ONNX Runtime cannot load {self.path}: {exc}") from None
-        self._past = [i.name for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
+        past = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
+        self._past = [i.name for i in past]
+        # a float cache, or int8 codes with a float scale per vector (B, kv_heads, T, 1): [kv_cache] exported
+        self._empty = [(np.int8 if i.type == "tensor(int8)" else np.float32, i.shape[3]) for i in past]
         self._tokenizer = None
 
     @property
@@ -72,7 +75,7 @@ class DecoderLM:
 
     # -- one forward ---------------------------------------------------------------------------------------
     def empty_cache(self, batch: int = 1) -> list[np.ndarray]:
-        return [np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32) for _ in self._past]
+        return [np.zeros((batch, self.kv_heads, 0, last), dtype) for dtype, last in self._empty]
 
     def step(self, ids: np.ndarray, cache: list[np.ndarray], last_only: bool = True) -> tuple[np.ndarray, list[np.ndarray]]:
         """(logits (B, S or 1, V), the new cache) of ids (B, S) after ``cache`` (B, kv, past, D) per entry."""

@@ -23,7 +23,7 @@ from torch import nn
 
 from wattless.energy.decode import is_decoder_lm
 from wattless.errors import ParityError
-from wattless.export.decoder import build_decoder, save_decoder
+from wattless.export.decoder import build_decoder, kv_bits, save_decoder
 from wattless.techniques.weight_only import is_weight_only
 
 __all__ = ["DecoderExport", "export_decoder", "torch_greedy", "is_decoder"]
@@ -141,7 +141,10 @@ def export_decoder(model: nn.Module, out: str | Path, *, windows: torch.Tensor, 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     graph, shape = build_decoder(model, accuracy_level=accuracy_level)
+    bits = kv_bits(model)
     meta = {"decoder": shape.to_json(), "tokenizer": tokenizer, "workload": workload, "accuracy_level": accuracy_level,
+            "kv_cache": {"dtype": "float32"} if bits is None else
+            {"dtype": "int8", "bits": bits, "scales": "float32 per vector (token x KV head), max|x| / (2^(bits-1) - 1)"},
             "layers": _layers(model), "pricing": pricing(model)}
     fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
