@@ -63,3 +63,24 @@ def test_the_bench_prices_each_runtimes_storage_and_the_exports_own(tmp_path):
     assert mine["kv_read_bytes_per_token"] == pytest.approx(fp32["kv_read_bytes_per_token"] / 4)
     assert mine["weight_bytes_per_token"] < fp32["weight_bytes_per_token"] / 3
     assert PRICING["llama-cpp"]["*"] == ("int4", 1.0)
+
+
+def test_idle_threads_sleep_when_asked(tmp_path, monkeypatch):
+    from wattless.bench import process
+
+    model = tiny_llama()
+    path = export_decoder(model, tmp_path / "lm.onnx", windows=WINDOWS, check=False).path
+    from wattless.runtime import load
+
+    quiet = load(path, threads=1, spin=False)
+    assert quiet.generate_ids(WINDOWS[0, :8].tolist(), max_new_tokens=4)[0] == torch_greedy(model, WINDOWS[0, :8].tolist(), 4)[0]
+    seen = {}
+
+    def fake_run(cmd, capture_output, text, env, timeout):
+        seen.update(env)
+        raise process.subprocess.TimeoutExpired(cmd, timeout)
+
+    monkeypatch.setattr(process.subprocess, "run", fake_run)
+    with pytest.raises(BenchError, match="did not finish"):
+        process.run_worker({"workdir": str(tmp_path), "runtime": "llama-cpp", "threads": 2, "spin": False}, True, 1.0)
+    assert seen["OMP_WAIT_POLICY"] == "PASSIVE" and seen["OMP_NUM_THREADS"] == "2"

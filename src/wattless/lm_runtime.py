@@ -38,7 +38,8 @@ class Generation:
 class DecoderLM:
     """A decoder export on an ONNX Runtime session, with its tokenizer."""
 
-    def __init__(self, path: str | Path, meta: dict[str, Any], proto_bytes: bytes, *, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, meta: dict[str, Any], proto_bytes: bytes, *, threads: int | None = None,
+                 spin: bool = True) -> None:
         import onnxruntime as ort
 
         self.path, self.meta, self.kind = Path(path), meta, meta["kind"]
@@ -49,6 +50,8 @@ class DecoderLM:
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(proto_bytes, options, providers=["CPUExecutionProvider"])
         except Exception as exc:
