@@ -76,3 +76,25 @@ def test_a_failed_parity_check_writes_nothing(tmp_path):
     with pytest.raises(ParityError, match="perplexity"):
         export_decoder(tiny_llama(), out, windows=WINDOWS, min_agree=1.01)
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_an_int8_kv_cache_is_exported_as_codes_and_scales(tmp_path):
+    from wattless.techniques.kv_cache import KVCacheConfig
+
+    model = _quantized()
+    apply_(model, KVCacheConfig(bits=8), ApplyContext(example_input=WINDOWS[:1]))
+    report = export_decoder(model, tmp_path / "lm.onnx", windows=WINDOWS, accuracy_level=0, greedy_tokens=12)
+    parity = report.parity
+    assert parity["passed"] and parity["perplexity_onnx"] == pytest.approx(parity["perplexity_torch"], rel=1e-4)
+    lm = load(report.path)
+    assert lm.meta["kv_cache"]["dtype"] == "int8" and lm.meta["pricing"]["kv_precision"] == "int8"
+    ids = WINDOWS[0, :20].tolist()
+    logits, cache = lm.step(np.array([ids[:12]]), lm.empty_cache())
+    assert [c.dtype for c in cache[:4]] == [np.int8, np.float32, np.int8, np.float32]
+    assert cache[0].shape == (1, 2, 12, 16) and cache[1].shape == (1, 2, 12, 1)
+    for t in ids[12:]:  # decoding through the int8 cache follows PyTorch's (float-held) cache closely
+        step_logits, cache = lm.step(np.array([[t]]), cache)
+    with torch.no_grad():
+        want = model(torch.tensor([ids])).logits[0, -1].numpy()
+    assert np.abs(step_logits[0, -1] - want).max() < 2e-2 * np.abs(want).max()
+    assert lm.generate_ids(ids[:10], max_new_tokens=8)[0] == torch_greedy(model, ids[:10], 8)[0]

@@ -7,7 +7,7 @@ takes and returns (``wattless.runtime.load`` opens one of these for such a file)
     lm.logits(ids)                                                    # (B, T, vocab) of a whole window
 
 The prompt runs as one prefill (all its tokens, an empty cache), then one token per step with the cache
-the previous step returned. ``temperature`` 0 is greedy (argmax, the first of ties, as torch); above 0
+the previous step returned (float, or int8 codes and scales when the recipe quantized it). ``temperature`` 0 is greedy (argmax, the first of ties, as torch); above 0
 samples from softmax(logits / temperature) with a seeded generator. Generation stops at the tokenizer's
 end-of-sequence token or after ``max_new_tokens``.
 """
@@ -38,7 +38,8 @@ class Generation:
 class DecoderLM:
     """A decoder export on an ONNX Runtime session, with its tokenizer."""
 
-    def __init__(self, path: str | Path, meta: dict[str, Any], proto_bytes: bytes, *, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, meta: dict[str, Any], proto_bytes: bytes, *, threads: int | None = None,
+                 spin: bool = True) -> None:
         import onnxruntime as ort
 
         self.path, self.meta, self.kind = Path(path), meta, meta["kind"]
@@ -49,11 +50,18 @@ class DecoderLM:
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(proto_bytes, options, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ExportError(f"ONNX Runtime cannot load {self.path}: {exc}") from None
-        self._past = [i.name for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
+        past = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
+        self._past = [i.name for i in past]
+        # a float cache, or int8 codes with a float scale per vector (B, kv_heads, T, 1): [kv_cache] exported
+        self._empty = [(np.int8 if i.type == "tensor(int8)" else np.float32, i.shape[3]) for i in past]
+        self._present = [o.name for o in self.session.get_outputs() if o.name.startswith("present.")]
+        self._float_cache = all(dtype == np.float32 for dtype, _ in self._empty)
         self._tokenizer = None
 
     @property
@@ -72,7 +80,7 @@ class DecoderLM:
 
     # -- one forward ---------------------------------------------------------------------------------------
     def empty_cache(self, batch: int = 1) -> list[np.ndarray]:
-        return [np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32) for _ in self._past]
+        return [np.zeros((batch, self.kv_heads, 0, last), dtype) for dtype, last in self._empty]
 
     def step(self, ids: np.ndarray, cache: list[np.ndarray], last_only: bool = True) -> tuple[np.ndarray, list[np.ndarray]]:
         """(logits (B, S or 1, V), the new cache) of ids (B, S) after ``cache`` (B, kv, past, D) per entry."""
@@ -94,7 +102,17 @@ class DecoderLM:
         prompt = _token_array([list(ids)], self.vocab)
         _check_settings(max_new_tokens, temperature, prompt.shape[1], self.max_positions)
         rng = np.random.default_rng(seed)
-        logits, cache = self.step(prompt, self.empty_cache())
+        steps = self._shared_steps(prompt.shape[1] + max_new_tokens) if self._float_cache else None
+        if steps is None:
+            cache = self.empty_cache()
+
+            def run(ids: np.ndarray) -> np.ndarray:
+                nonlocal cache
+                logits, cache = self.step(ids, cache)
+                return logits
+        else:
+            run = steps
+        logits = run(prompt)
         tokens: list[int] = []
         while True:
             token = _choose(logits[0, -1], temperature, rng)
@@ -103,7 +121,36 @@ class DecoderLM:
                 return tokens, "eos"
             if len(tokens) == max_new_tokens:
                 return tokens, "length"
-            logits, cache = self.step(np.array([[token]], np.int64), cache)
+            logits = run(np.array([[token]], np.int64))
+
+    def _shared_steps(self, max_length: int) -> Any:
+        """A step function over one float cache buffer (1, kv_heads, max_length, head_dim) per entry, bound as
+        both past and present: GroupQueryAttention then writes the new positions in place (it shares the buffer
+        when the two pointers are equal) instead of copying the whole cache into a new present every step."""
+        import onnxruntime as ort
+
+        io = self.session.io_binding()
+        buffers = [ort.OrtValue.ortvalue_from_numpy(np.zeros((1, self.kv_heads, max_length, last), np.float32))
+                   for _, last in self._empty]
+        io.bind_output("logits")  # get_outputs() lists the outputs in the order they were bound
+        for past, present, buf in zip(self._past, self._present, buffers):
+            io.bind_ortvalue_input(past, buf)
+            io.bind_ortvalue_output(present, buf)
+        keep, length = np.array([1], np.int64), 0
+
+        def run(ids: np.ndarray) -> np.ndarray:
+            nonlocal length
+            length += ids.shape[1]
+            feeds = {"input_ids": np.ascontiguousarray(ids, np.int64), "logits_to_keep": keep,
+                     "attention_mask": np.ones((1, length), np.int64)}
+            values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in feeds.items()}
+            for name, value in values.items():  # OrtValues over the arrays, both held until the run is done
+                io.bind_ortvalue_input(name, value)
+            self.session.run_with_iobinding(io)
+            return io.get_outputs()[0].numpy()
+
+        run.buffers = buffers  # kept alive with the function
+        return run
 
     def prompt_ids(self, prompt: str | list[dict[str, str]], chat: bool = True) -> list[int]:
         """The prompt's token ids: a string or a list of chat messages, through the chat template if ``chat``."""

@@ -212,3 +212,10 @@ def test_weights_computed_in_forward_are_counted_per_layer_and_repeatably():
     first, again = by_name(count(model, x)), by_name(count(model, x))
     assert [first[str(i)]["kept_macs"] / first[str(i)]["macs"] for i in range(3)] == pytest.approx([1.0, 0.75, 0.5])
     assert first == again
+
+
+def test_group_scales_and_zero_points_are_read_beside_the_codes():
+    model = nn.Sequential(nn.Linear(64, 8, bias=False))
+    model[0].wattless_weight_precision = "int4"
+    model[0].wattless_weight_group_bits = 1.0  # an fp16 scale and minimum per 32 weights (Q4_1)
+    assert by_name(count(model, torch.randn(1, 64)))["0"]["weight_bytes"] == 512 * (4 + 1) / 8

@@ -65,7 +65,7 @@ def test_apply_quantizes_every_linear_and_unties_the_head():
     records = [u.record() for u in counts.steps.samples[0].values() if u.type == "WeightOnlyLinear"]
     assert len(records) == len(linears) and {r["weight_precision"] for r in records} == {"int4"}
     head = next(r for r in records if r["name"] == "lm_head")
-    assert head["weight_bytes"] == pytest.approx(96 * 64 / 2)  # 4 bits a weight
+    assert head["weight_bytes"] == pytest.approx(96 * 64 * (4 + 20 / 32) / 8)  # codes; fp16 scale, 4-bit zero per 32
 
 
 def test_bad_configs_name_the_problem():
@@ -105,3 +105,38 @@ def test_overrides_give_a_layer_its_own_grid():
     assert model.model.layers[0].mlp.down_proj.bits == 4
     with pytest.raises(ValueError, match="symmetric"):
         Grid(symmetric=True, zero_point="float")
+
+
+def _fitted() -> torch.nn.Module:
+    """The tiny decoder trained a little on IDS, so its perplexity there means something (a random one is
+    near-uniform, about the vocabulary's 96)."""
+    model = tiny_llama().train()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for _ in range(40):
+        loss = model(IDS, labels=IDS).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def test_a_short_distillation_of_the_scales_does_not_raise_perplexity():
+    import copy
+
+    from wattless.workloads.smollm2 import decoder_metrics, top1
+
+    fitted = _fitted()
+    reference = top1(fitted, IDS)
+    context = ApplyContext(example_input=IDS[:1], train_batches=lambda: iter([(IDS[:4], None), (IDS[4:], None)]))
+    grid = {"bits": 3, "group_size": 32, "method": "rtn"}
+    plain, distilled = copy.deepcopy(fitted), copy.deepcopy(fitted)
+    apply_(plain, WeightOnlyConfig(**grid), context)
+    handle = apply_(distilled, WeightOnlyConfig(**grid, distill_steps=20, distill_lr=1e-3), context)
+    report = handle.report(distilled)
+    assert report["distill_loss_last"] < report["distill_loss_first"]
+    before, after = decoder_metrics(plain, IDS, reference), decoder_metrics(distilled, IDS, reference)
+    assert after["perplexity"] <= before["perplexity"]
+    codes = distilled.lm_head.codes
+    assert torch.equal(codes, plain.lm_head.codes) and not torch.equal(distilled.lm_head.scales, plain.lm_head.scales)
+    assert not distilled.lm_head.weight.requires_grad and distilled.get_input_embeddings().weight.requires_grad

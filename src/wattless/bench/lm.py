@@ -72,7 +72,7 @@ class _Onnx:
     def __init__(self, spec: dict[str, Any]) -> None:
         from wattless.runtime import load
 
-        self.lm = load(spec["file"], threads=spec["threads"])
+        self.lm = load(spec["file"], threads=spec["threads"], spin=spec.get("spin", True))
 
     def prefill(self, ids: list[int]) -> None:
         self.lm.step(np.array([ids], np.int64), self.lm.empty_cache())
@@ -85,13 +85,35 @@ class _Onnx:
 
 
 class _LlamaCpp:
+    """llama.cpp on the GGUF, with its extra buffer types off: on this AMX-capable CPU the AMX Q4_1 matmul of
+    llama-cpp-python 0.3.36 (batches of more than one token) dies with SIGSEGV inside
+    ``ggml_backend_amx_mul_mat`` (gdb); without them llama.cpp runs its AVX-512 VNNI kernels, which is
+    what it does on any CPU without AMX (CPU repacking covers Q4_0 / Q4_K / IQ4_NL / Q8_0, not Q4_1)."""
+
     def __init__(self, spec: dict[str, Any]) -> None:
         import llama_cpp
 
         self.llama_cpp, self.spec = llama_cpp, spec
-        self.llm = llama_cpp.Llama(model_path=spec["file"], n_ctx=spec["n_ctx"], n_batch=512, n_threads=spec["threads"],
-                                   n_threads_batch=spec["threads"], verbose=False)
+        self.llm = self._load(spec["n_ctx"], logits_all=False)
         self.vocab = self.llm.n_vocab()
+
+    def _load(self, n_ctx: int, *, logits_all: bool) -> Any:
+        import llama_cpp.llama_cpp as capi
+
+        default = capi.llama_model_default_params
+
+        def params() -> Any:  # Llama() takes no use_extra_bufts keyword; it builds its params from this
+            p = default()
+            p.use_extra_bufts = False
+            return p
+
+        capi.llama_model_default_params = params
+        try:
+            return self.llama_cpp.Llama(model_path=self.spec["file"], n_ctx=n_ctx, n_batch=512,
+                                        n_threads=self.spec["threads"], n_threads_batch=self.spec["threads"],
+                                        logits_all=logits_all, verbose=False)
+        finally:
+            capi.llama_model_default_params = default
 
     def _last_logits(self) -> np.ndarray:
         return np.ctypeslib.as_array(self.llama_cpp.llama_get_logits(self.llm.ctx), shape=(self.vocab,))
@@ -109,11 +131,9 @@ class _LlamaCpp:
                 self.llm.eval([tokens[-1]])
         return tokens
 
-    def logits(self, window: np.ndarray) -> np.ndarray:
+    def logits(self, window: np.ndarray) -> np.ndarray:  # (B, T) -> (B, T, V): llama.cpp's own logits
         if not hasattr(self, "scorer"):
-            self.scorer = self.llama_cpp.Llama(model_path=self.spec["file"], n_ctx=window.shape[1] + 8, n_batch=512,
-                                               n_threads=self.spec["threads"], n_threads_batch=self.spec["threads"],
-                                               logits_all=True, verbose=False)
+            self.scorer = self._load(window.shape[1] + 8, logits_all=True)
         rows = []
         for row in window:
             self.scorer.reset()
@@ -218,8 +238,9 @@ def _ort_int4_file(fp32: Path, out: Path, block: int, accuracy_level: int) -> Pa
     return out
 
 
-def _priced(model: Any, precisions: dict[str, str]) -> Any:
-    """A copy of the float model whose Linear layers say the precision the runtime reads their weights at."""
+def _priced(model: Any, weights: dict[str, tuple[str, float]], kv_precision: str = "fp32") -> Any:
+    """A copy of the float model saying how the runtime stores it: Linear weights (name glob -> precision and
+    bits per weight of group scales and zero points) and the KV cache's precision."""
     import copy
     import fnmatch
 
@@ -227,12 +248,34 @@ def _priced(model: Any, precisions: dict[str, str]) -> Any:
 
     priced = copy.deepcopy(model)
     for name, m in priced.named_modules():
+        if hasattr(m, "k_proj") and kv_precision != "fp32":
+            m.wattless_kv_precision = kv_precision
         if isinstance(m, nn.Linear):
-            for glob, p in precisions.items():
+            for glob, (precision, group_bits) in weights.items():
                 if fnmatch.fnmatchcase(name, glob):
-                    m.wattless_weight_precision = p
+                    m.wattless_weight_precision, m.wattless_weight_group_bits = precision, group_bits
                     break
     return priced
+
+
+# How each runtime stores the weights (group metadata at fp16 scales/minima, the deployed form a target reads):
+# MatMulNBitsQuantizer: every MatMul 4-bit, block 32, a scale and a 4-bit zero point; the GGUF: Q4_1 blocks
+# (fp16 scale and minimum per 32) and a Q8_0 embedding/head (fp16 scale per 32).
+PRICING: dict[str, dict[str, tuple[str, float]]] = {
+    "torch-fp32": {}, "ort-fp32": {}, "ort-int4": {"*": ("int4", 20 / 32)},
+    "llama-cpp": {"lm_head": ("int8", 16 / 32), "*": ("int4", 32 / 32)}}
+
+
+def _export_pricing(export: Path) -> tuple[dict[str, tuple[str, float]], str]:
+    from wattless.runtime import read_metadata
+
+    meta = read_metadata(export)
+    if "pricing" in meta:
+        p = meta["pricing"]
+        return {n: (w["precision"], w["group_bits"]) for n, w in p["weights"].items()}, p.get("kv_precision", "fp32")
+    layers = meta.get("layers", {})  # files written before the pricing entry: precision only
+    return ({n: (d.split("(")[1].split(",")[0], 0.0) for n, d in layers.items() if d.startswith("MatMulNBits")},
+            "fp32")
 
 
 def _energy(model: Any, prompt_tokens: int, new_tokens: int) -> dict[str, Any]:
@@ -240,17 +283,17 @@ def _energy(model: Any, prompt_tokens: int, new_tokens: int) -> dict[str, Any]:
 
     from wattless.energy.decode import profile_decode
 
-    ids = torch.zeros(1, prompt_tokens, dtype=torch.long) + 1000
+    ids = torch.full((1, prompt_tokens), min(1000, model.config.vocab_size - 1), dtype=torch.long)
     prof = profile_decode(model, {"input_ids": ids}, list(ENERGY_TARGETS), prompt_tokens=prompt_tokens,
                           new_tokens=new_tokens)
+    data = prof.to_json()["decode"]["bytes"]
     return {"energy_kind": "estimated", "energy_j_per_token": {t: prof.energy_per_token_j(t) for t in ENERGY_TARGETS},
-            "weight_bytes_per_token": prof.to_json()["decode"]["bytes"]["weights"]}
+            "weight_bytes_per_token": data["weights"], "kv_read_bytes_per_token": data["kv_read"]}
 
 
 def _prepare(wl: Any, runtimes: list[str], work: Path, export: Path | None, block: int, accuracy_level: int,
              say: Any, energy: bool, prompt_tokens: int, new_tokens: int, metric_windows: int | None) -> dict[str, Any]:
     from wattless.models import smollm2_gguf
-    from wattless.runtime import read_metadata
     from wattless.workloads.smollm2 import reference_top1
 
     reference = wl.build_model()
@@ -273,19 +316,18 @@ def _prepare(wl: Any, runtimes: list[str], work: Path, export: Path | None, bloc
         files["llama-cpp"] = smollm2_gguf()
     if "wattless" in runtimes and export is not None:
         files["wattless"] = export
-    pricing = {"torch-fp32": {}, "ort-fp32": {}, "ort-int4": {"*": "int4"},
-               "llama-cpp": {"lm_head": "int8", "*": "int4"}}  # the GGUF: Q4_1 layers, Q8_0 embedding/head
     energies: dict[str, Any] = {}
+    keys: dict[str, str] = {}
     if energy:
         say("estimating joules per token (energy core)")
         for name in runtimes:
-            if name == "wattless" and export is not None:
-                layers = read_metadata(export).get("layers", {})
-                precisions = {n: d.split("(")[1].split(",")[0] for n, d in layers.items() if d.startswith("MatMulNBits")}
-                energies[name] = _energy(_priced(reference, precisions), prompt_tokens, new_tokens)
-            elif name in pricing:
-                same = next((energies[o] for o in energies if pricing.get(o) == pricing[name]), None)
-                energies[name] = same or _energy(_priced(reference, pricing[name]), prompt_tokens, new_tokens)
+            how = _export_pricing(export) if name == "wattless" and export is not None else (PRICING.get(name), "fp32")
+            if how[0] is None:
+                continue
+            key = json.dumps(how, sort_keys=True)
+            energies[name] = next((energies[o] for o, k in keys.items() if k == key), None) or \
+                _energy(_priced(reference, *how), prompt_tokens, new_tokens)
+            keys[name] = key
     return {"files": files, "energies": energies,
             "sizes_mb": {k: v.stat().st_size / 2**20 for k, v in files.items()}}
 
@@ -302,7 +344,8 @@ def _row(name: str, best: dict[str, Any], first: dict[str, Any], prep: dict[str,
             "metric_name": "next_token_agreement", "metrics": metrics,
             "energy_kind": "estimated", "energy_j_per_token": energy.get("energy_j_per_token", {}),
             "energy_j": energy.get("energy_j_per_token", {}),
-            "weight_bytes_per_token": energy.get("weight_bytes_per_token"), "greedy_tokens": first["greedy_tokens"]}
+            "weight_bytes_per_token": energy.get("weight_bytes_per_token"),
+            "kv_read_bytes_per_token": energy.get("kv_read_bytes_per_token"), "greedy_tokens": first["greedy_tokens"]}
 
 
 def _ratios(rows: list[dict[str, Any]]) -> None:
@@ -319,11 +362,14 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
 def bench_lm(workload: str = "smollm2", *, export: str | Path | None = None, runtimes: tuple[str, ...] = LM_RUNTIMES,
              threads: int = 2, repeats: int = 3, rounds: int = 2, prompt_tokens: int = 128, new_tokens: int = 64,
              block_size: int = 32, accuracy_level: int = 4, energy: bool = True, isolate: bool = True,
-             metric_windows: int | None = None,
+             metric_windows: int | None = None, spin: bool = False,
              workdir: str | Path | None = None, json_path: str | Path | None = None, timeout_s: float = 1800.0,
              log: Any = None) -> dict[str, Any]:
     """Benchmark the decoder runtimes side by side; returns (and writes to ``json_path``) the result JSON.
-    ``metric_windows``: score perplexity on the first that many test windows (default: all 16)."""
+    ``metric_windows``: score perplexity on the first that many test windows (default: all 16). ``spin``: whether
+    idle worker threads spin (ONNX Runtime's allow_spinning; OpenMP's OMP_WAIT_POLICY for torch and llama.cpp),
+    the same for every runtime; off by default: on cores shared with other work a spinning thread waits for one
+    the OS took away (measured here at 2 threads: wattless 17 -> 29 tok/s, llama.cpp 6 -> 25)."""
     from wattless.bench.process import run_worker
     from wattless.runtime import read_metadata
     from wattless.workloads import get_workload
@@ -356,7 +402,7 @@ def bench_lm(workload: str = "smollm2", *, export: str | Path | None = None, run
         prep = _prepare(wl, runtimes, work, export, block_size, accuracy_level, say, energy, prompt_tokens, new_tokens,
                         metric_windows)
         firsts, best, failed = _rounds(runtimes, prep, work, threads, repeats, rounds, prompt_tokens, new_tokens, isolate,
-                               timeout_s, say, run_worker)
+                                       timeout_s, say, run_worker, spin)
     finally:
         if own:
             shutil.rmtree(work, ignore_errors=True)
@@ -365,6 +411,7 @@ def bench_lm(workload: str = "smollm2", *, export: str | Path | None = None, run
     _ratios(rows)
     result = _result(rows, notes, threads, prompt_tokens, new_tokens, block_size, accuracy_level, rounds, load_start,
                      export)
+    result["spin"] = spin
     result["metric_tokens"] = int((metric_windows or len(wl.test)) * wl.test.inputs.shape[1])
     if json_path is not None:
         from wattless.files import atomic_write
@@ -375,8 +422,8 @@ def bench_lm(workload: str = "smollm2", *, export: str | Path | None = None, run
 
 
 def _rounds(runtimes: list[str], prep: dict[str, Any], work: Path, threads: int, repeats: int, rounds: int,
-            prompt_tokens: int, new_tokens: int, isolate: bool, timeout_s: float, say: Any, run_worker: Any
-            ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+            prompt_tokens: int, new_tokens: int, isolate: bool, timeout_s: float, say: Any, run_worker: Any,
+            spin: bool = False) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     firsts: dict[str, Any] = {}
     best: dict[str, Any] = {}
     failed: list[str] = []
@@ -385,7 +432,7 @@ def _rounds(runtimes: list[str], prep: dict[str, Any], work: Path, threads: int,
             say(f"timing {name} (round {round_ + 1} of {rounds})")
             spec = {"kind": "decoder", "runtime": name, "workdir": str(work), "threads": threads, "repeats": repeats,
                     "new_tokens": new_tokens, "n_ctx": prompt_tokens + new_tokens + 16,
-                    "file": str(prep["files"].get(name, "")), "metric": round_ == 0}
+                    "file": str(prep["files"].get(name, "")), "metric": round_ == 0, "spin": spin}
             try:
                 got = run_worker(spec, isolate, timeout_s)
             except BenchError as exc:  # one runtime failing (a crash in a compiled extension) leaves the others
@@ -410,7 +457,8 @@ def _result(rows: list[dict[str, Any]], notes: list[str], threads: int, prompt_t
                          "algorithm": "MatMulNBitsQuantizer default (RTN, asymmetric)"},
             "export": str(export) if export else None, "energy_kind": "estimated",
             "energy_note": "joules per decode token estimated by the energy core on each target (batch 1, prompt "
-                           f"{prompt_tokens}, {new_tokens} new tokens); group scales and zero points are not counted",
+                           f"{prompt_tokens}, {new_tokens} new tokens); weights read at each runtime's storage: codes plus "
+                           "group scales and zero points (fp16 as deployed), the KV cache at its precision",
             "machine": {"cpu": cpu_name(), "cpu_features": cpu_features(), "cores": os.cpu_count(),
                         "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
                         "load_average_start": list(load_start), "load_average_end": list(os.getloadavg())},

@@ -169,6 +169,8 @@ def run_worker(spec: dict[str, Any], isolate: bool, timeout_s: float) -> dict[st
     path = Path(spec["workdir"]) / f"spec-{spec['runtime']}.json"
     path.write_text(json.dumps(spec))
     env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"])}
+    if spec.get("spin") is False:  # OpenMP threads (torch, llama.cpp) sleep when idle, as ONNX Runtime's are told to
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     try:
         proc = subprocess.run([sys.executable, "-m", "wattless.bench", "--worker", str(path)], capture_output=True,
                               text=True, env=env, timeout=timeout_s)

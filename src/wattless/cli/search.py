@@ -37,9 +37,14 @@ def search_command(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="no progress bars")] = False,
 ) -> None:
-    """Search recipes for the accuracy-versus-energy frontier on a target (resumable; shareable storage)."""
+    """Search recipes for the accuracy-versus-energy frontier on a target (resumable; shareable storage); for a
+    decoder (smollm2) the perplexity-versus-joules-per-token frontier over bits, group size, sparsity and KV."""
     from wattless.recipe import load_recipe
     from wattless.search import search
+    from wattless.search.decoder import is_decoder_workload
+
+    if is_decoder_workload(workload):
+        return _decoder_search(workload, target, out, trials, storage, as_json)
 
     space = _space(epochs)
     constraints = _constraints(max_size_kib, max_latency_ms, budget_uj)
@@ -51,6 +56,36 @@ def search_command(
     except KeyboardInterrupt:
         _interrupted(out)
     _print_result(result, as_json)
+
+
+def _decoder_search(workload: str, target: str, out: Path, trials: int | None, storage: str | None,
+                    as_json: bool) -> None:
+    from rich.table import Table
+
+    from wattless.errors import SearchError
+    from wattless.search.decoder import search_decoder
+
+    if trials is None:
+        raise SearchError("the decoder search needs --trials N (finished trials the study should hold)")
+    say = (lambda m: None) if as_json else (lambda m: console.print(Text(m, style="dim"), highlight=False))
+    result = search_decoder(workload, target, out=out, trials=trials, storage=storage, log=say)
+    if as_json:
+        print_json({"results": str(out / "results.json"), "reference": result["reference"],
+                    "frontier": result["frontier"]}, strict=False)
+        return
+    ref = result["reference"]
+    table = Table(title=f"{result['workload']}: perplexity vs joules per decode token on {target} (estimated)")
+    for col in ("trial", "bits", "group", "zero points", "sparsity", "KV bits", "perplexity", "mJ/token", "x below float"):
+        table.add_column(col, justify="right")
+    for p in result["frontier"]:
+        q = p["params"]
+        table.add_row(str(p["trial"]), str(q["bits"]), str(q["group_size"]), q["zero_point"], q["sparsity"],
+                      str(q["kv_bits"]), f"{p['perplexity']:.3f}", f"{p['energy_j_per_token'][target] * 1e3:.4f}",
+                      f"{p['energy_ratio'][target]:.2f}")
+    console.print(table)
+    console.print(Text(f"float reference: perplexity {ref['perplexity']:.3f}, "
+                       f"{ref['energy_j_per_token'][target] * 1e3:.4f} mJ/token; results: {out / 'results.json'}"),
+                  highlight=False)
 
 
 def _space(epochs: int | None):

@@ -361,6 +361,17 @@ class _Tracer(TorchDispatchMode):
                 break
         return (wp or ap), ap
 
+    def _group_bits(self) -> float:
+        """Bits per weight of the group scales and zero points a grouped layer reads beside its codes
+        (``wattless_weight_group_bits``, e.g. an fp16 scale and minimum per 32 weights: 1.0)."""
+        for module in reversed(self.stack):
+            bits = getattr(module, "wattless_weight_group_bits", None)
+            if bits is not None:
+                return float(bits)
+            if getattr(module, "wattless_weight_precision", None) is not None:
+                return 0.0
+        return 0.0
+
     def _is_weight(self, t: torch.Tensor, func) -> bool:
         if _storage_key(t) in self.param_storages:
             return True
@@ -453,7 +464,7 @@ class _Tracer(TorchDispatchMode):
         if b_bits and not parse_precision(wp).is_float:
             b_bits = 32  # integer kernels keep int32 biases
         b_bytes = _dense_numel(bias) * b_bits / 8 if b_bits else 0.0
-        w_bytes = _dense_numel(other) * parse_precision(wp).bits / 8
+        w_bytes = _dense_numel(other) * (parse_precision(wp).bits + (self._group_bits() if is_w else 0.0)) / 8
         other_act, other_kv = (0.0, 0.0) if is_w else self._reads([other], a_bytes)
         self._add(OpCount(
             macs=macs, macs_kept=kept, macs_nz_weight=macs * stats.density, macs_nz_act=kept * a_density,

@@ -33,7 +33,7 @@ from wattless.export.graph import MS, U8, Graph, to_numpy, value
 from wattless.techniques.weight_only import is_weight_only, packed_weights
 
 __all__ = ["DecoderShape", "decoder_shape", "build_decoder", "save_decoder", "DECODER_KIND", "OPSET",
-           "cache_names"]
+           "cache_names", "kv_bits"]
 
 DECODER_KIND = "decoder-lm"
 OPSET = 21
@@ -72,11 +72,22 @@ def decoder_shape(model: nn.Module) -> DecoderShape:
                         c.intermediate_size, c.vocab_size, float(c.rms_norm_eps), int(c.max_position_embeddings))
 
 
-def cache_names(layers: int) -> tuple[list[str], list[str]]:
-    """(past inputs, present outputs): key then value of each layer."""
-    past = [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
-    present = [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+def cache_names(layers: int, quantized: bool = False) -> tuple[list[str], list[str]]:
+    """(past inputs, present outputs): key then value of each layer; a quantized cache has each one's codes
+    then its scales (key, key_scale, value, value_scale)."""
+    parts = ("key", "key_scale", "value", "value_scale") if quantized else ("key", "value")
+    past = [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in parts]
+    present = [f"present.{i}.{kv}" for i in range(layers) for kv in parts]
     return past, present
+
+
+def kv_bits(model: nn.Module) -> int | None:
+    """The bits ``techniques.kv_cache`` stores the cache at (one for every block), or None: a float cache."""
+    found = {getattr(layer.self_attn, "wattless_kv_bits", None) for layer in model.model.layers}
+    if len(found) != 1:
+        raise ExportError(f"the attention blocks store their KV cache at different bits {sorted(map(str, found))}: "
+                          "quantize every block's cache alike ([kv_cache] applies to all)")
+    return found.pop()
 
 
 # --- weights ---------------------------------------------------------------------------------------------
@@ -137,17 +148,21 @@ def _nbits(g: Graph, x: str, parts: list[dict[str, Any]], hint: str) -> str:
 
 def _float_zero_nbits(g: Graph, x: str, codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, bits: int,
                       block: int, hint: str) -> str:
-    """x @ ((q - z) * s)^T with float zero points z, as x @ (q * s)^T on MatMulNBits' fast integer path (zero
-    points 0) minus the group sums of x times z * s: (B, S, K / block) @ (K / block, N), a small float
-    product. ONNX Runtime's kernels take float zero points only on a slow path."""
+    """x @ ((q - z) * s)^T with float zero points z, as x @ ((q - c) * s)^T on MatMulNBits' fast integer path
+    (c = 2^(bits-1), the middle code, as an integer zero point) minus the group sums of x times (z - c) * s:
+    (B, S, K / block) @ (K / block, N), a small float product. ONNX Runtime's kernels take float zero points
+    only on a slow path. Centred codes keep the int8 activations of accuracy_level 4 accurate: their
+    rounding error meets |q - c| <= 2^(bits-1), not codes up to 2^bits - 1 (perplexity 19.68 against 19.42
+    with c = 0 on SmolLM2)."""
     n, k = codes.shape
-    packed, zp, width = _blocks(codes, np.zeros_like(zeros, dtype=np.uint8), bits, block)
+    middle = 2 ** (bits - 1)
+    packed, zp, width = _blocks(codes, np.full_like(zeros, middle, dtype=np.uint8), bits, block)
     y = g.op("MatMulNBits", [x, g.const(packed, f"{hint}.weight", U8), g.const(scales.reshape(-1), f"{hint}.scales"),
                              g.const(zp.reshape(-1), f"{hint}.zero_points", U8)],
              hint, domain=MS, K=k, N=n, bits=width, block_size=block, accuracy_level=g.root.accuracy_level)
     grouped = g.op("Reshape", [x, g.const([0, 0, k // block, block], f"{hint}.groups", np.int64)], hint)
     sums = g.op("ReduceSum", [grouped, g.const([-1], f"{hint}.last", np.int64)], hint, keepdims=0)
-    offset = g.const((zeros * scales).T.astype(np.float32), f"{hint}.zero_offsets")  # (K / block, N)
+    offset = g.const(((zeros - middle) * scales).T.astype(np.float32), f"{hint}.zero_offsets")  # (K / block, N)
     return g.op("Sub", [y, g.op("MatMul", [sums, offset], hint)], hint)
 
 
@@ -194,18 +209,79 @@ def _rope_caches(model: nn.Module, shape: DecoderShape) -> tuple[np.ndarray, np.
 
 
 def _attention(g: Graph, x: str, block: nn.Module, i: int, shape: DecoderShape, lengths: tuple[str, str],
-               rope: tuple[str, str]) -> str:
+               rope: tuple[str, str], bits: int | None) -> str:
     from onnx import helper
 
     a = block.self_attn
     qkv = _linear(g, x, [a.q_proj, a.k_proj, a.v_proj], f"layers.{i}.attn.qkv")
-    past, present = cache_names(shape.layers)
-    out = g.name(f"layers.{i}.attn.gqa")
+    past, present = cache_names(shape.layers, bits is not None)
+    hint = f"layers.{i}.attn"
+    if bits is None:
+        cache_in, cache_out = [past[2 * i], past[2 * i + 1]], [present[2 * i], present[2 * i + 1]]
+    else:
+        qkv = _round_new_kv(g, qkv, shape, bits, hint)
+        k, ks, v, vs = past[4 * i : 4 * i + 4]
+        cache_in = [_dequantize(g, k, ks, hint), _dequantize(g, v, vs, hint)]
+        cache_out = [g.name(f"{hint}.present_key"), g.name(f"{hint}.present_value")]
+    out = g.name(f"{hint}.gqa")
     g.nodes.append(helper.make_node(
-        "GroupQueryAttention", [qkv, "", "", past[2 * i], past[2 * i + 1], *lengths, *rope],
-        [out, present[2 * i], present[2 * i + 1]], name=out, domain=MS, num_heads=shape.heads,
+        "GroupQueryAttention", [qkv, "", "", *cache_in, *lengths, *rope],
+        [out, *cache_out], name=out, domain=MS, num_heads=shape.heads,
         kv_num_heads=shape.kv_heads, do_rotary=1, rotary_interleaved=0, scale=1.0 / math.sqrt(shape.head_dim)))
+    if bits is not None:
+        for full, (codes, scales), (new_codes, new_scales) in zip(
+                cache_out, (past[4 * i : 4 * i + 2], past[4 * i + 2 : 4 * i + 4]),
+                (present[4 * i : 4 * i + 2], present[4 * i + 2 : 4 * i + 4])):
+            _store(g, full, codes, scales, new_codes, new_scales, bits, hint)
     return _linear(g, out, [a.o_proj], f"layers.{i}.attn.o")
+
+
+# --- a quantized KV cache: int8 codes (B, kv_heads, T, head_dim) and a float scale per vector (B, kv_heads, T, 1)
+
+def _vector_grid(g: Graph, x: str, bits: int, hint: str) -> tuple[str, str]:
+    """(x / scale rounded and clipped, scale) with scale = max|x| / (2^(bits-1) - 1) over the last axis."""
+    qmax = 2 ** (bits - 1) - 1
+    amax = g.op("ReduceMax", [g.op("Abs", [x], hint), g.const([-1], f"{hint}.lastaxis", np.int64)], hint, keepdims=1)
+    scale = g.op("Div", [g.op("Max", [amax, g.const(1e-12, f"{hint}.tiny")], hint), g.const(float(qmax), f"{hint}.qmax")],
+                 hint)
+    q = g.op("Clip", [g.op("Round", [g.op("Div", [x, scale], hint)], hint), g.const(-float(qmax), f"{hint}.lo"),
+                      g.const(float(qmax), f"{hint}.hi")], hint)
+    return q, scale
+
+
+def _round_new_kv(g: Graph, qkv: str, shape: DecoderShape, bits: int, hint: str) -> str:
+    """The new tokens' keys and values rounded to the cache's grid before attention, as the PyTorch technique
+    does (on k_proj / v_proj outputs, before RoPE turns the keys)."""
+    kvw = shape.kv_heads * shape.head_dim
+    q, k, v = g.op("Split", [qkv, g.const([shape.heads * shape.head_dim, kvw, kvw], f"{hint}.qkv_split", np.int64)],
+                   hint, outputs=3, axis=-1)
+    heads = g.const([0, 0, shape.kv_heads, shape.head_dim], f"{hint}.kv_heads", np.int64)
+    flat = g.const([0, 0, kvw], f"{hint}.kv_flat", np.int64)
+    rounded = []
+    for x in (k, v):
+        codes, scale = _vector_grid(g, g.op("Reshape", [x, heads], hint), bits, hint)
+        rounded.append(g.op("Reshape", [g.op("Mul", [codes, scale], hint), flat], hint))
+    return g.op("Concat", [q, *rounded], hint, axis=-1)
+
+
+def _dequantize(g: Graph, codes: str, scales: str, hint: str) -> str:
+    from onnx import TensorProto
+
+    return g.op("Mul", [g.op("Cast", [codes], hint, to=TensorProto.FLOAT), scales], hint)
+
+
+def _store(g: Graph, full: str, codes: str, scales: str, out_codes: str, out_scales: str, bits: int, hint: str) -> None:
+    """present = past's codes and scales, then the new positions of ``full`` (GroupQueryAttention's float
+    present, RoPE applied) on the grid: what was stored is never rounded again."""
+    from onnx import TensorProto, helper
+
+    start = g.op("Shape", [codes], hint, start=2, end=3)
+    new = g.op("Slice", [full, start, g.const([2**62], f"{hint}.end", np.int64), g.const([2], f"{hint}.axis2", np.int64)],
+               hint)
+    q, scale = _vector_grid(g, new, bits, hint)
+    g.nodes.append(helper.make_node("Concat", [codes, g.op("Cast", [q], hint, to=TensorProto.INT8)], [out_codes],
+                                    name=out_codes, axis=2))
+    g.nodes.append(helper.make_node("Concat", [scales, scale], [out_scales], name=out_scales, axis=2))
 
 
 def _mlp(g: Graph, x: str, block: nn.Module, i: int, shape: DecoderShape) -> str:
@@ -236,17 +312,23 @@ def _last(g: Graph, x: str) -> str:
     return g.op("Slice", [x, start, g.const([2**62], "keep.end", np.int64), g.const([1], "keep.axis", np.int64)], "keep")
 
 
-def _value_infos(shape: DecoderShape) -> tuple[list[Any], list[Any]]:
+def _value_infos(shape: DecoderShape, bits: int | None) -> tuple[list[Any], list[Any]]:
     from onnx import TensorProto
 
-    past, present = cache_names(shape.layers)
+    past, present = cache_names(shape.layers, bits is not None)
+
+    def cache(name: str, length: str) -> Any:
+        if name.endswith("_scale"):
+            return value(name, TensorProto.FLOAT, ["batch", shape.kv_heads, length, 1])
+        dtype = TensorProto.FLOAT if bits is None else TensorProto.INT8
+        return value(name, dtype, ["batch", shape.kv_heads, length, shape.head_dim])
+
     inputs = [value("input_ids", TensorProto.INT64, ["batch", "sequence"]),
               value("attention_mask", TensorProto.INT64, ["batch", "total_sequence"]),
               value("logits_to_keep", TensorProto.INT64, [1])]
-    inputs += [value(n, TensorProto.FLOAT, ["batch", shape.kv_heads, "past_sequence", shape.head_dim]) for n in past]
+    inputs += [cache(n, "past_sequence") for n in past]
     outputs = [value("logits", TensorProto.FLOAT, ["batch", "sequence", shape.vocab])]
-    outputs += [value(n, TensorProto.FLOAT, ["batch", shape.kv_heads, "total_sequence", shape.head_dim])
-                for n in present]
+    outputs += [cache(n, "total_sequence") for n in present]
     return inputs, outputs
 
 
@@ -257,6 +339,7 @@ def build_decoder(model: nn.Module, *, accuracy_level: int = 4) -> tuple[Any, De
     from onnx import helper
 
     shape = decoder_shape(model)
+    bits = kv_bits(model)
     g = Graph()
     g.accuracy_level = accuracy_level
     body = model.model
@@ -266,14 +349,14 @@ def build_decoder(model: nn.Module, *, accuracy_level: int = 4) -> tuple[Any, De
     h = g.op("Gather", [g.const(to_numpy(body.embed_tokens.weight), "embed_tokens.weight"), "input_ids"], "embed")
     x, residual = _norm(g, h, None, body.layers[0].input_layernorm.weight, shape.eps, "layers.0.input_norm")
     for i, block in enumerate(body.layers):
-        attn = _attention(g, x, block, i, shape, lengths, rope)
+        attn = _attention(g, x, block, i, shape, lengths, rope, bits)
         x, residual = _norm(g, attn, residual, block.post_attention_layernorm.weight, shape.eps, f"layers.{i}.post_norm")
         mlp = _mlp(g, x, block, i, shape)
         nxt = body.layers[i + 1].input_layernorm.weight if i + 1 < shape.layers else body.norm.weight
         x, residual = _norm(g, mlp, residual, nxt, shape.eps, f"layers.{i + 1}.input_norm" if i + 1 < shape.layers else "norm")
     logits = _linear(g, _last(g, x), [model.lm_head], "lm_head")
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits"))
-    inputs, outputs = _value_infos(shape)
+    inputs, outputs = _value_infos(shape, bits)
     return helper.make_graph(g.nodes, "wattless-decoder", inputs, outputs, g.inits), shape
 
 

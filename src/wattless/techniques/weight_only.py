@@ -12,6 +12,7 @@ layer's inputs on calibration text) or by plain round-to-nearest (``method = "rt
     overrides = { "lm_head" = { bits = 8, group_size = 32, symmetric = true } }
     calibration_windows = 32   # windows of the workload's calibration split the Hessians are taken on
     skip = []                  # globs of Linear layers left in float
+    distill_steps = 0          # > 0: then the scales learn from the model before quantization (techniques/lm_distill.py)
 
 Every nn.Linear (the LM head included; a head tied to the embedding is untied, the embedding stays float)
 becomes a ``WeightOnlyLinear`` in place: its ``weight`` holds the dequantized weights, so it computes with
@@ -24,6 +25,8 @@ inputs), which is how the layers are calibrated independently of each other.
 """
 
 from __future__ import annotations
+
+import copy
 
 import fnmatch
 from collections.abc import Callable, Iterator
@@ -68,6 +71,9 @@ class WeightOnlyConfig(Grid, TechniqueConfig):
     calibration_windows: int = Field(32, ge=1, strict=True)
     skip: tuple[str, ...] = ()
     overrides: dict[str, Grid] = Field(default_factory=dict, description="glob of Linear names -> its own grid")
+    distill_steps: int = Field(0, ge=0, strict=True, description="Adam steps distilling the scales from the model "
+                               "before quantization (the teacher given, or the reference) on calibration windows")
+    distill_lr: float = Field(1e-4, gt=0)
 
     def grid(self, name: str) -> Grid:
         """The layer's grid: the first override whose glob matches its name, else the config's own."""
@@ -167,6 +173,13 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g
     return (codes - zeros.repeat_interleave(group, 1)[:, :k]) * scales.repeat_interleave(group, 1)[:, :k]
 
 
+def group_bits(bits: int, group_size: int, zero_point: str, symmetric: bool = False) -> float:
+    """Bits per weight of a group's metadata as deployed (priced by the energy core beside the codes): an fp16
+    scale, and an fp16 (float) or ``bits``-wide (integer) zero point unless the grid is symmetric."""
+    zero = 0 if symmetric else (16 if zero_point == "float" else bits)
+    return (16 + zero) / group_size
+
+
 # --- the layer ---------------------------------------------------------------------------------------------
 
 class WeightOnlyLinear(nn.Linear):
@@ -177,8 +190,9 @@ class WeightOnlyLinear(nn.Linear):
 
     def set_quantized(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, grid: Grid) -> None:
         bits, group_size = grid.bits, grid.group_size
-        self.bits, self.group_size, self.zero_point = bits, group_size, grid.zero_point
+        self.bits, self.group_size, self.zero_point, self.grid = bits, group_size, grid.zero_point, grid
         self.wattless_weight_precision = f"int{bits}"
+        self.wattless_weight_group_bits = group_bits(bits, group_size, grid.zero_point, grid.symmetric)
         for name, value in (("codes", codes.to(torch.uint8)), ("scales", scales.float()), ("zeros", zeros.float() if grid.zero_point == "float" else zeros.to(torch.uint8))):
             if name in self._buffers:
                 self._buffers[name] = value
@@ -274,11 +288,14 @@ class WeightOnly(Technique):
     def report(self, model: nn.Module) -> dict[str, Any]:
         return {"bits": self.config.bits, "group_size": self.config.group_size, "method": self.config.method,
                 "layers": len(self.layers),
-                "mean_relative_weight_error": sum(self.errors.values()) / max(len(self.errors), 1)}
+                "mean_relative_weight_error": sum(self.errors.values()) / max(len(self.errors), 1),
+                **({"distill_loss_first": self.distill_losses[0], "distill_loss_last": self.distill_losses[-1]}
+                   if getattr(self, "distill_losses", None) else {})}
 
 
 def quantize_layers_(model: nn.Module, config: WeightOnlyConfig, context: ApplyContext) -> WeightOnly:
     layers = _targets(model, config)
+    teacher = (context.teacher or copy.deepcopy(model)).eval() if config.distill_steps else None
     hs = _hessians(model, layers, _calibration(context, config.calibration_windows)) if config.method == "gptq" else {}
     untie(model, layers)
     errors = {}
@@ -293,7 +310,14 @@ def quantize_layers_(model: nn.Module, config: WeightOnlyConfig, context: ApplyC
         m.__class__ = WeightOnlyLinear
         m.set_quantized(*parts, grid)
         errors[name] = float((m.weight.float() - w).norm() / w.norm().clamp(min=1e-12))
-    return WeightOnly(config, list(layers), errors)
+    handle = WeightOnly(config, list(layers), errors)
+    if teacher is not None:
+        from wattless.techniques.lm_distill import distill_scales_
+
+        batches = list(_calibration(context, config.calibration_windows))
+        handle.distill_losses = distill_scales_(model, teacher, batches, steps=config.distill_steps,
+                                                lr=config.distill_lr)
+    return handle
 
 
 @register(WeightOnlyConfig)
