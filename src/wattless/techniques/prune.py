@@ -9,7 +9,9 @@ masked weight for the module's own forward, for any wrapper reading it, and for 
 pruning zeroes whole units: a producer's weight rows and bias, the matching columns of every consumer, and
 what lies between (BatchNorm affine, depthwise filters), so a removed unit carries exactly nothing. The kept
 units stay on each touched module as bool buffers ``wattless_kept_out`` (weight rows) and
-``wattless_kept_in`` (weight columns) for physically shrinking the tensors later.
+``wattless_kept_in`` (weight columns) for physically shrinking the tensors later. Units are ranked by their
+producers' weights, or (``importance="activation"``, FFN neurons and heads) by what they add to their consumer's
+output on the training batches.
 """
 
 from __future__ import annotations
