@@ -9,6 +9,7 @@ runs in its own process on the same token ids (no padding) and thread count. Whe
 type: bench/profile_minilm.py.
 
     python bench/export_minilm.py [--run bench/out/minilm-fast] [--json bench/out/export_minilm.json]
+                                  [--batches 1] [--runtimes ort-fp32 ort-dynamic-int8 wattless] [--rounds 3]
 
 --run is a finished `wattless optimize -w minilm` run; `python bench/optimize_minilm.py --recipe
 recipes/minilm-fast.toml --out bench/out/minilm-fast` writes one at the default place.
@@ -47,13 +48,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32], help="the goals are at batch 1")
+    parser.add_argument("--runtimes", nargs="+", default=[*RUNTIMES, AS_WRITTEN],
+                        help="ort-fp32, ort-dynamic-int8 and wattless at least (the verdict reads them)")
     args = parser.parse_args()
     console = Console(width=max(Console().width, 150))
     if not (Path(args.run) / "model.safetensors").is_file():
         sys.exit(f"no finished minilm run at {args.run}: run `python bench/optimize_minilm.py` (or "
                  "`wattless optimize -w minilm -r recipes/minilm-fast.toml -o DIR`) first, or pass --run DIR")
-    result = bench("minilm", run=args.run, export=args.export, threads=args.threads, repeats=args.repeats, warmup=20,
-                   seq_len=64, energy_samples=4, rounds=args.rounds, max_seconds=30, runtimes=(*RUNTIMES, AS_WRITTEN),
+    result = bench("minilm", run=args.run, export=args.export, batches=tuple(args.batches), threads=args.threads,
+                   repeats=args.repeats, warmup=20, seq_len=64, energy_samples=4, rounds=args.rounds, max_seconds=30,
+                   runtimes=tuple(args.runtimes),
                    json_path=args.json,
                    log=lambda msg: console.print(f"[dim]{msg}[/]"))
     print_table(result, console, ("mobile-npu", "server-cpu"))

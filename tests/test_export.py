@@ -422,3 +422,32 @@ def test_seven_bit_symmetric_encoder_holds_only_products_exact_in_u8_x_s8(tmp_pa
     products = integer_products(onnx.load(str(tmp_path / "m.onnx")))
     assert len(products) == 4 and all(p.weight_form == "s8" and p.exact_everywhere for p in products)
     assert saturating_products(tmp_path / "m.onnx") == []
+
+
+def test_lean_recipe_trains_prunes_and_exports_a_smaller_ffn(tmp_path):
+    """recipes/minilm-lean.toml as shipped (distilled FFN-neuron pruning on the fast quantizer), two steps on a
+    one-layer MiniLM: the run's FFN keeps the recipe's share of neurons, and the export cuts the rest out of both
+    FFN products and keeps the fast form (one fused Q, K, V product, no zero-point correction)."""
+    import dataclasses
+
+    from wattless.optimize import optimize
+    from wattless.recipe import load_recipe
+
+    from tests.serve.tiny_encoder import workload
+
+    wl = workload()
+    wl = dataclasses.replace(wl, train=wl.train.take(slice(0, 32)))
+    shipped = load_recipe(Path(__file__).parents[1] / "recipes" / "minilm-lean.toml")
+    recipe = shipped.model_copy(update={"train": shipped.train.model_copy(update={"epochs": 1, "batch_size": 16})})
+    metrics = optimize(wl, recipe, tmp_path / "run", progress=False, baselines=False, energy_inputs=2,
+                       cache=tmp_path / "cache")
+    kept = round(1536 * (1 - shipped.prune[0].sparsity))
+    assert metrics["techniques"]["prune"]["units"] == {"encoder.layer.0.intermediate.dense": {"kept": kept, "total": 1536}}
+    report = export_run(tmp_path / "run", tmp_path / "m.onnx", workload=wl)
+    assert report.parity.passed
+    assert report.removed == {"encoder.layer.0.intermediate": {"kept": kept, "total": 1536}}
+    shapes = _initializers(tmp_path / "m.onnx")
+    assert shapes["encoder.layer.0.intermediate.dense.weight"] == (384, kept)
+    assert shapes["encoder.layer.0.output.dense.weight"] == (kept, 384)
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 4 and "MatMulInteger" not in ops

@@ -251,6 +251,67 @@ def test_head_pruning_zeroes_query_key_value_rows_and_output_columns_in_bert():
     assert handle.report(model)["units"]["encoder.layer.0.attention.self"] == {"kept": 2, "total": 4}
 
 
+def _quiet_but_large(model, granularity: str) -> torch.Tensor:
+    """Give a quarter of layer 0's FFN neurons (or one of its 4 heads) large input weights and tiny output
+    columns: magnitude keeps them, though they add next to nothing to the output. (units,) bool, True there."""
+    layer = model.encoder.layer[0]
+    if granularity == "neuron":
+        producers, consumer, units, block = [layer.intermediate.dense], layer.output.dense, 64, 1
+    else:
+        attn = layer.attention.self
+        producers, consumer, units, block = [attn.query, attn.key, attn.value], layer.attention.output.dense, 4, 8
+    quiet = torch.arange(units) < units // 4
+    rows = quiet.repeat_interleave(block)
+    with torch.no_grad():
+        for p in producers:
+            p.weight[rows] *= 10
+        consumer.weight[:, rows] *= 1e-4
+    return quiet
+
+
+def _kept(model, granularity: str) -> torch.Tensor:
+    layer = model.encoder.layer[0]
+    if granularity == "neuron":
+        return layer.intermediate.dense.wattless_kept_out
+    return layer.attention.self.query.wattless_kept_out.view(4, 8).all(1)
+
+
+@pytest.mark.parametrize("granularity", ["neuron", "head"])
+def test_activation_importance_drops_the_units_that_add_least_to_the_consumers_output(granularity):
+    ids = {"input_ids": torch.randint(0, 100, (4, 9), generator=torch.Generator().manual_seed(0))}
+    context = ApplyContext(example_input=ids)
+    model = tiny_bert()
+    quiet = _quiet_but_large(model, granularity)
+    config = PruneConfig(pattern="structured", granularity=granularity, sparsity=0.25, importance="activation")
+    apply_(model, config, context).finish(model, context)
+    assert (_kept(model, granularity) == ~quiet).all()
+    assert not model.encoder.layer[0].output.dense._forward_pre_hooks  # the statistics' hooks leave with finish
+    magnitude = tiny_bert()
+    _quiet_but_large(magnitude, granularity)
+    pruned(magnitude, pattern="structured", granularity=granularity, sparsity=0.25)
+    assert _kept(magnitude, granularity)[quiet].all()
+
+
+def test_activation_statistics_follow_training_batches_and_survive_a_checkpoint():
+    model = tiny_bert()
+    ids = {"input_ids": torch.randint(0, 100, (2, 7), generator=torch.Generator().manual_seed(1))}
+    handle = apply_(model, PruneConfig(pattern="structured", granularity="neuron", sparsity=0.5,
+                                       importance="activation"), ApplyContext(example_input=ids))
+    model.eval()
+    model(**ids)
+    assert handle.state()["input_mean_sq"] == {}  # eval forwards are not training batches
+    model.train()
+    model(**ids)
+    state = handle.state()
+    assert set(state["input_mean_sq"]) == {f"encoder.layer.{i}.output.dense" for i in range(2)}
+    twin = apply_(tiny_bert(), PruneConfig(pattern="structured", granularity="neuron", sparsity=0.5,
+                                           importance="activation"), ApplyContext(example_input=ids))
+    twin.load_state(state)  # a resumed run ranks units on the statistics the interrupted one had gathered
+    for h in (handle, twin):
+        h.on_step(1, 2)
+    assert all((twin._keeps[k] == handle._keeps[k]).all() for k in handle._keeps)
+
+
 class FFN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -346,6 +407,7 @@ def test_check_prunable_rejects_configs_that_do_not_fit(config, message):
     ({"pattern": "unstructured", "sparsity": 1.0}, "sparsity"),
     ({"pattern": "n:m", "n": 4, "m": 4}, "must be below m"),
     ({"pattern": "unstructured", "sparsity": 0.5, "granularity": "head"}, "only to pattern 'structured'"),
+    ({"pattern": "structured", "sparsity": 0.5, "importance": "activation"}, "granularity 'neuron' or 'head'"),
 ])
 def test_bad_configs_raise_validation_errors_naming_the_field(config, field):
     with pytest.raises(ValidationError, match=field):

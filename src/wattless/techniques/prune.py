@@ -9,7 +9,9 @@ masked weight for the module's own forward, for any wrapper reading it, and for 
 pruning zeroes whole units: a producer's weight rows and bias, the matching columns of every consumer, and
 what lies between (BatchNorm affine, depthwise filters), so a removed unit carries exactly nothing. The kept
 units stay on each touched module as bool buffers ``wattless_kept_out`` (weight rows) and
-``wattless_kept_in`` (weight columns) for physically shrinking the tensors later.
+``wattless_kept_in`` (weight columns) for physically shrinking the tensors later. Units are ranked by their
+producers' weights, or (``importance="activation"``, FFN neurons and heads) by what they add to their consumer's
+output on the training batches.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ class PruneConfig(TechniqueConfig):
     scope: Literal["layer", "global"] = "layer"  # unstructured: one magnitude threshold per layer or overall
     layers: list[str] = ["*"]  # fnmatch globs over module names; structured: the producing layers
     skip: list[str] = []
+    importance: Literal["magnitude", "activation"] = Field("magnitude", description=(
+        "structured units ranked by the producers' weights (L2), or by each unit's expected share of its "
+        "consumer's output, E[x_u^2] * ||W[:, u]||^2, on the training batches the model sees (neuron, head)"))
 
     @model_validator(mode="after")
     def _consistent(self) -> "PruneConfig":
@@ -91,6 +96,9 @@ class PruneConfig(TechniqueConfig):
             raise ValueError(f"granularity '{self.granularity}' applies only to pattern 'structured'")
         if self.scope == "global" and self.pattern != "unstructured":
             raise ValueError("scope 'global' applies only to pattern 'unstructured'")
+        if self.importance == "activation" and (self.pattern != "structured" or self.granularity == "channel"):
+            raise ValueError("importance 'activation' ranks FFN neurons or attention heads: it applies only to "
+                             "pattern 'structured' with granularity 'neuron' or 'head'")
         return self
 
     @property
@@ -731,6 +739,67 @@ def _importance(group: _Group) -> torch.Tensor:
     return total
 
 
+class _ConsumerInputs:
+    """E[x^2] per input column of every group's consumer, an exponential moving average over the forwards the
+    model runs in training mode: with the consumer's weight columns, each unit's expected share of the
+    consumer's output, ||W[:, u] x_u||^2 = ||W[:, u]||^2 E[x_u^2] (magnitude alone ranks MiniLM's FFN
+    neurons worse than chance by that measure)."""
+
+    decay = 0.9  # per batch: the last ten or so batches, as the weights move under training
+
+    def __init__(self, groups: list[_Group], names: dict[int, str]) -> None:
+        self.consumers = {g.name: [s for s in g.followers if s.tensor == "weight" and is_mac(s.module)]
+                          for g in groups}
+        modules = {names[id(s.module)]: s.module for ss in self.consumers.values() for s in ss}
+        self.names, self.mean_sq, self.observing = names, {}, False
+        self._handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in modules.items()]
+
+    def _hook(self, name: str):
+        def observe(module: nn.Module, args: tuple) -> None:
+            if not (self.observing or module.training):
+                return
+            x = args[0].detach().float()
+            m = x.pow(2).reshape(-1, x.shape[-1]).mean(0)  # (in,)
+            old = self.mean_sq.get(name)
+            self.mean_sq[name] = m if old is None else old.lerp(m, 1 - self.decay)
+        return observe
+
+    def calibrate(self, model: nn.Module, context: ApplyContext, batches: int = 4) -> None:
+        """Seed the statistics from a few training batches (else the example input), in eval mode."""
+        from wattless.energy.count import run_model
+
+        feeds = [x for _, (x, _) in zip(range(batches), context.train_batches())] if context.train_batches else []
+        if not feeds and context.example_input is None:
+            raise PruneError("importance 'activation' needs inputs before training starts: give the context "
+                             "training batches or an example input")
+        was_training, self.observing = model.training, True
+        model.eval()
+        try:
+            with torch.no_grad():
+                for x in feeds or [context.example_input]:
+                    run_model(model, x)
+        finally:
+            model.train(was_training)
+            self.observing = False
+
+    def scores(self, group: _Group) -> torch.Tensor:
+        """(units,) the expected squared norm each unit adds to its consumers' outputs."""
+        total = torch.zeros(group.units)
+        for s in self.consumers[group.name]:
+            w = s.module.weight.detach().float().movedim(s.axis, -1)  # masked, (..., in)
+            column = w.reshape(-1, w.shape[-1]).pow(2).sum(0)  # (in,)
+            share = column * self.mean_sq[self.names[id(s.module)]].to(column.device)
+            total += share.reshape(group.units, s.block).sum(1).cpu()
+        return total
+
+    def ready(self) -> bool:
+        return all(self.names[id(s.module)] in self.mean_sq for ss in self.consumers.values() for s in ss)
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
 # --- the live handle ----------------------------------------------------------------------------------
 
 class Pruning(Technique):
@@ -738,8 +807,11 @@ class Pruning(Technique):
 
     name = "prune"
 
-    def __init__(self, config: PruneConfig, plan: _Plan, names: dict[int, str]) -> None:
+    def __init__(self, config: PruneConfig, plan: _Plan, names: dict[int, str], model: nn.Module | None = None,
+                 context: ApplyContext | None = None) -> None:
         self.config, self.plan, self._names = config, plan, names
+        self._model, self._context = model, context
+        self._inputs = _ConsumerInputs(plan.groups, names) if config.importance == "activation" else None
         self.current_sparsity = 0.0
         self._final = False
         self._keeps = {g.name: torch.ones(g.units, dtype=torch.bool) for g in plan.groups}
@@ -760,14 +832,20 @@ class Pruning(Technique):
             self.update(sparsity)
 
     def finish(self, model: nn.Module, context: ApplyContext) -> None:
+        self._model, self._context = model, context
         self.update(self.config.final_sparsity)
         self._final = True
+        if self._inputs is not None:
+            self._inputs.remove()
 
     def state(self) -> dict[str, Any]:
-        return {"current_sparsity": self.current_sparsity}  # the masks themselves are buffers in the model
+        held = {} if self._inputs is None else {"input_mean_sq": {n: t.tolist() for n, t in self._inputs.mean_sq.items()}}
+        return {"current_sparsity": self.current_sparsity, **held}  # the masks themselves are buffers in the model
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.current_sparsity = float(state.get("current_sparsity", 0.0))
+        if self._inputs is not None:
+            self._inputs.mean_sq = {n: torch.tensor(v) for n, v in state.get("input_mean_sq", {}).items()}
 
     @torch.no_grad()
     def update(self, sparsity: float) -> None:
@@ -782,9 +860,12 @@ class Pruning(Technique):
             for module in self.plan.layers.values():
                 self._mask(module).copy_(_nm_mask(module, self.config.m, drop))
         else:
+            if self._inputs is not None and not self._inputs.ready():  # no training forward seen yet
+                self._inputs.calibrate(self._model, self._context)
             for g in self.plan.groups:
                 removed = min(round(sparsity * g.units), g.units - 1)
-                self._keeps[g.name] = _drop_smallest(_importance(g), removed)
+                scores = _importance(g) if self._inputs is None else self._inputs.scores(g)
+                self._keeps[g.name] = _drop_smallest(scores, removed)
             self._write_structured()
 
     def _write_structured(self) -> None:
@@ -855,4 +936,4 @@ def apply_prune(model: nn.Module, config: PruneConfig, context: ApplyContext) ->
     """Validate, then put an all-ones Mask on every tensor the config prunes; the handle ramps them."""
     plan = _plan(model, config, context.example_input)
     names = {id(m): n for n, m in model.named_modules()}
-    return Pruning(config, plan, names)
+    return Pruning(config, plan, names, model, context)
