@@ -79,7 +79,8 @@ def _decoder_search(workload: str, target: str, out: Path, trials: int | None, s
         table.add_column(col, justify="right")
     for p in result["frontier"]:
         q = p["params"]
-        table.add_row(str(p["trial"]), str(q["bits"]), str(q["group_size"]), q["zero_point"], q["sparsity"],
+        zero = "int" if q["sparsity"] != "none" else q["zero_point"]  # a sparse draw takes integer zero points
+        table.add_row(str(p["trial"]), str(q["bits"]), str(q["group_size"]), zero, q["sparsity"],
                       str(q["kv_bits"]), f"{p['perplexity']:.3f}", f"{p['energy_j_per_token'][target] * 1e3:.4f}",
                       f"{p['energy_ratio'][target]:.2f}")
     console.print(table)
