@@ -15,7 +15,8 @@ time goes to calling operators, not to multiplying. Rows:
 
     python bench/secnn_limits.py [--json bench/out/secnn_limits.json]
 
-Nodes are counted after ONNX Runtime's own graph optimizations (what it runs).
+Nodes are counted after ONNX Runtime's own graph optimizations (what it runs). Every session's idle threads
+sleep (allow_spinning 0), since the rows' sessions live side by side.
 """
 
 from __future__ import annotations
@@ -50,22 +51,28 @@ RNG = np.random.default_rng(0)
 def _session(model: bytes, threads: int, optimized: str | None = None) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.log_severity_level = threads, 3
+    # idle pool threads sleep: the rows' sessions live side by side, and a spinning pool of one would take
+    # the cores from the next (the same for every row)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized:
         options.optimized_model_filepath = optimized
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def _timed(call: Callable[[], Any], blocks: int = 15, per_block: int = 300) -> float:
-    """Median over blocks of the mean microseconds per call (blocks interleave with other rows' blocks)."""
-    for _ in range(200):
-        call()
-    times = []
-    for _ in range(blocks):
-        start = time.perf_counter()
-        for _ in range(per_block):
+def _timed(calls: dict[str, Callable[[], Any]], blocks: int = 25, per_block: int = 300) -> dict[str, float]:
+    """Median over blocks of the mean microseconds per call; the rows' blocks interleave, so a change in the
+    machine's load falls on every row alike."""
+    for call in calls.values():
+        for _ in range(200):
             call()
-        times.append((time.perf_counter() - start) / per_block * 1e6)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(blocks):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            for _ in range(per_block):
+                call()
+            times[name].append((time.perf_counter() - start) / per_block * 1e6)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _nodes_run(model: bytes) -> int:
@@ -211,14 +218,13 @@ def main() -> None:
             session = _session(model, threads)
             names = session.get_inputs()[0].name
             calls[name] = (lambda s=session, n=names: s.run(None, {n: feed["x"]}))
-        times = {name: _timed(call) for name, call in calls.items()}
+        times = _timed(calls)
         for name, model in graphs.items():
             rows.append({"graph": name, "threads": threads, "nodes_run": _nodes_run(model),
                          "us_per_call": times[name], "vs_ort_fp32": times["ort-fp32"] / times[name]})
-    ops = []
-    for name, (model, op_feed) in operators().items():
-        session = _session(model, 1)
-        ops.append({"operator": name, "threads": 1, "us_per_call": _timed(lambda s=session, f=op_feed: s.run(None, f))})
+    op_calls = {name: (lambda s=_session(model, 1), f=op_feed: s.run(None, f))
+                for name, (model, op_feed) in operators().items()}
+    ops = [{"operator": name, "threads": 1, "us_per_call": us} for name, us in _timed(op_calls).items()]
     chain = {o["operator"]: o["us_per_call"] for o in ops}
     per_node = (chain["21 Relu"] - chain["1 Relu"]) / 20
 
