@@ -332,30 +332,56 @@ def _is_metadata(node: fx.Node) -> bool:
     return node.target in _METADATA or (node.op == "call_function" and node.target is getattr)
 
 
-def _follow(start: fx.Node, channels: int, layout: str, modules: dict, shared: set) -> list[UnitSlice] | None:
-    """Walk forward from a producer to every consumer; None if its channels meet anything else."""
+_SKIP = object()  # a user of the producer's value that reads no channels (shape metadata)
+
+
+def _walk(start: fx.Node, layout: str, step: Any) -> list[UnitSlice] | None:
+    """Walk forward from a producer to every consumer; None if its channels meet anything else.
+
+    ``step(user, node, layout)`` says what one user does with them: _SKIP, None (they meet something else),
+    (slices, None) for a consumer, or (slices, layout after) for an op that keeps them apart."""
     found, consumers, todo = [], 0, [(start, layout)]
     while todo:
         node, layout = todo.pop()
-        for user in (u for u in node.users if not _is_metadata(u)):
-            if user.op == "call_module":
-                m = modules[user.target]
-                if user.target in shared and (is_mac(m) or isinstance(m, nn.modules.batchnorm._BatchNorm)):
-                    return None  # a weight used twice also sees other inputs
-                consumed = _consumer_slices(m, layout, channels) if user.args[0] is node else None
-                passed = None if consumed is not None else _module_pass(m, layout)
-                if consumed is not None:
-                    found, consumers = found + consumed, consumers + 1
-                    continue
-            else:
-                called = user.op in ("call_function", "call_method")
-                after = _function_pass(user, node, layout) if called else None
-                passed = None if after is None else (after, [])
-            if passed is None:
+        for user in node.users:
+            got = step(user, node, layout)
+            if got is _SKIP:
+                continue
+            if got is None:
                 return None
-            todo.append((user, passed[0]))
-            found += passed[1]
+            slices, after = got
+            found += slices
+            if after is None:
+                consumers += 1
+            else:
+                todo.append((user, after))
     return found if consumers else None
+
+
+def _shared_layer(m: nn.Module) -> bool:
+    return is_mac(m) or isinstance(m, nn.modules.batchnorm._BatchNorm)
+
+
+def _follow(start: fx.Node, channels: int, layout: str, modules: dict, shared: set) -> list[UnitSlice] | None:
+    """_walk on a torch.fx graph: layers are call_module nodes."""
+    def step(user: fx.Node, node: fx.Node, layout: str) -> Any:
+        if _is_metadata(user):
+            return _SKIP
+        if user.op == "call_module":
+            m = modules[user.target]
+            if user.target in shared and _shared_layer(m):
+                return None  # a weight used twice also sees other inputs
+            consumed = _consumer_slices(m, layout, channels) if user.args[0] is node else None
+            if consumed is not None:
+                return consumed, None
+            passed = _module_pass(m, layout)
+        else:
+            called = user.op in ("call_function", "call_method")
+            after = _function_pass(user, node, layout) if called else None
+            passed = None if after is None else (after, [])
+        return None if passed is None else (passed[1], passed[0])
+
+    return _walk(start, layout, step)
 
 
 def _traced_groups(model: nn.Module, graph: fx.Graph, prefix: str = "") -> list[_Group]:
@@ -448,59 +474,40 @@ def _aten_pass(node: fx.Node, source: fx.Node, layout: str) -> str | None:
     return None
 
 
-def _follow_exported(start: fx.Node, channels: int, layout: str, regions: dict, shared: set) -> list[UnitSlice] | None:
-    """_follow on the ATen graph: regions are the layers (consumers, BatchNorm, depthwise convs)."""
-    found, consumers, todo = [], 0, [(start, layout)]
-    while todo:
-        node, layout = todo.pop()
-        for user in node.users:
-            if user.op != "call_function" or user.target is _aten.sym_size.int:
-                if user.op == "output":
-                    return None  # the channels leave the model
-                continue
-            passed = None
-            if _is_region(user):
-                key, m = user.args[1], regions[user.args[1]][1]
-                if key in shared and (is_mac(m) or isinstance(m, nn.modules.batchnorm._BatchNorm)):
-                    return None
-                consumed = _consumer_slices(m, layout, channels) if user.args[0] is node else None
-                if consumed is not None:
-                    found, consumers = found + consumed, consumers + 1
-                    continue
-                passed = _module_pass(m, layout) if user.args[0] is node else None
-            else:
-                after = _aten_pass(user, node, layout)
-                passed = None if after is None else (after, [])
-            if passed is None:
-                return None
-            todo.append((user, passed[0]))
-            found += passed[1]
-    return found if consumers else None
-
-
-def _is_region(node: fx.Node) -> bool:
-    from wattless.export.traced import REGION  # export imports the techniques: resolved when called
-
-    return node.op == "call_function" and node.target is REGION
-
-
 def _exported_groups(model: nn.Module, example: Any) -> list[_Group]:
-    from wattless.export.traced import region_program
+    """Channel pairs on the ATen graph: layers are region nodes (consumers, BatchNorm, depthwise convs)."""
+    from wattless.export.traced import REGION, region_program  # export imports the techniques
 
-    graph, regions = region_program(model, example, lambda m: is_mac(m) or isinstance(m, nn.modules.batchnorm._BatchNorm))
-    nodes = [n for n in graph.nodes if _is_region(n)]
+    graph, regions = region_program(model, example, _shared_layer)
+    nodes = [n for n in graph.nodes if n.op == "call_function" and n.target is REGION]
     calls = Counter(n.args[1] for n in nodes)
     by_module = Counter(id(regions[k][1]) for k in calls)  # a module under two keys is shared as well
     shared = {k for k, c in calls.items() if c > 1 or by_module[id(regions[k][1])] > 1}
+
+    def step(user: fx.Node, node: fx.Node, layout: str, channels: int) -> Any:
+        if user.op != "call_function" or user.target is _aten.sym_size.int:
+            return None if user.op == "output" else _SKIP  # the output: the channels leave the model
+        if user.target is not REGION:
+            after = _aten_pass(user, node, layout)
+            return None if after is None else ([], after)
+        key, m = user.args[1], regions[user.args[1]][1]
+        if (key in shared and _shared_layer(m)) or user.args[0] is not node:
+            return None
+        consumed = _consumer_slices(m, layout, channels)
+        if consumed is not None:
+            return consumed, None
+        passed = _module_pass(m, layout)
+        return None if passed is None else (passed[1], passed[0])
+
     groups = []
     for node in nodes:
         path, m = regions[node.args[1]]
         if not is_mac(m) or is_depthwise(m) or node.args[1] in shared:
             continue
-        layout = "first" if isinstance(m, nn.modules.conv._ConvNd) else "last"
-        followers = _follow_exported(node, _out_size(m), layout, regions, shared)
+        layout, units = ("first" if isinstance(m, nn.modules.conv._ConvNd) else "last"), _out_size(m)
+        followers = _walk(node, layout, lambda u, n, lay, c=units: step(u, n, lay, c))
         if followers:
-            groups.append(_Group(path, _out_size(m), _slices(m, "out"), followers))
+            groups.append(_Group(path, units, _slices(m, "out"), followers))
     return groups
 
 
