@@ -24,7 +24,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from wattless.techniques.base import ApplyContext, Technique, TechniqueConfig, register
-from wattless.techniques.weight_only import observe_inputs, untie
+from wattless.techniques.weight_only import calibration_batches, observe_inputs, untie
 
 __all__ = ["SparsifyConfig", "Sparsified", "importance", "sparsity_mask"]
 
@@ -80,18 +80,6 @@ def _input_norms(model: nn.Module, layers: dict[str, nn.Linear], batches: Iterat
     return {n: s.sqrt() for n, s in sums.items()}
 
 
-def _calibration(context: ApplyContext, windows: int) -> Iterator[Any]:
-    if context.train_batches is None:
-        yield context.example_input
-        return
-    seen = 0
-    for inputs, _ in context.train_batches():
-        if seen >= windows:
-            return
-        yield inputs[: windows - seen]
-        seen += len(inputs)
-
-
 class Sparsified(Technique):
     name = "sparsify"
 
@@ -106,7 +94,7 @@ class Sparsified(Technique):
 @register(SparsifyConfig)
 def _prepare(model: nn.Module, config: SparsifyConfig, context: ApplyContext) -> Sparsified:
     layers = _targets(model, config)
-    norms = _input_norms(model, layers, _calibration(context, config.calibration_windows)) \
+    norms = _input_norms(model, layers, calibration_batches(context, config.calibration_windows)) \
         if config.method == "wanda" else {}
     untie(model, layers)  # a head sharing the embedding's weights must not zero the embedding
     density = {}

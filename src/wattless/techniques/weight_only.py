@@ -39,7 +39,7 @@ from torch import nn
 from wattless.energy.count import uncounted
 from wattless.techniques.base import ApplyContext, Technique, TechniqueConfig, register
 
-__all__ = ["WeightOnlyConfig", "WeightOnlyLinear", "WeightOnly", "gptq_quantize", "rtn_quantize", "dequantize",
+__all__ = ["calibration_batches", "WeightOnlyConfig", "WeightOnlyLinear", "WeightOnly", "gptq_quantize", "rtn_quantize", "dequantize",
            "packed_weights", "is_weight_only", "untie"]
 
 _BLOCK = 128  # columns GPTQ updates lazily at once
@@ -228,7 +228,7 @@ def _targets(model: nn.Module, config: WeightOnlyConfig) -> dict[str, nn.Linear]
     return chosen
 
 
-def _calibration(context: ApplyContext, windows: int) -> Iterator[Any]:
+def calibration_batches(context: ApplyContext, windows: int) -> Iterator[Any]:
     """Batches of the calibration windows (the train split), else the example input alone."""
     if context.train_batches is None:
         yield context.example_input
@@ -296,7 +296,7 @@ class WeightOnly(Technique):
 def quantize_layers_(model: nn.Module, config: WeightOnlyConfig, context: ApplyContext) -> WeightOnly:
     layers = _targets(model, config)
     teacher = (context.teacher or copy.deepcopy(model)).eval() if config.distill_steps else None
-    hs = _hessians(model, layers, _calibration(context, config.calibration_windows)) if config.method == "gptq" else {}
+    hs = _hessians(model, layers, calibration_batches(context, config.calibration_windows)) if config.method == "gptq" else {}
     untie(model, layers)
     errors = {}
     for name, m in layers.items():
@@ -314,7 +314,7 @@ def quantize_layers_(model: nn.Module, config: WeightOnlyConfig, context: ApplyC
     if teacher is not None:
         from wattless.techniques.lm_distill import distill_scales_
 
-        batches = list(_calibration(context, config.calibration_windows))
+        batches = list(calibration_batches(context, config.calibration_windows))
         handle.distill_losses = distill_scales_(model, teacher, batches, steps=config.distill_steps,
                                                 lr=config.distill_lr)
     return handle
