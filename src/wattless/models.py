@@ -166,7 +166,7 @@ def _sha256(path: Path) -> str:
 
 def _convert_gguf(tf: Any, gguf: Path, out: Path) -> None:
     """Dequantize the GGUF once with transformers (1-3 minutes on 2 cores) and write config + safetensors
-    into ``out`` atomically: a temporary directory beside it, renamed into place."""
+    into ``out``: written in a temporary directory beside it, then moved in file by file."""
     from safetensors.torch import save_file
 
     model = tf.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -179,12 +179,13 @@ def _convert_gguf(tf: Any, gguf: Path, out: Path) -> None:
             seen.add(t.data_ptr())
             tensors[name] = t.contiguous()
     save_file(tensors, str(tmp / "model.safetensors"))
-    try:
-        os.replace(tmp, out)
-    except OSError:  # another process finished first
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
+    # The folder may already hold the tokenizer cache (smollm2_tokenizer writes it beside the weights), so
+    # the files move in one by one, the weights last: their presence says the conversion is complete. Two
+    # processes converting at once write the same bytes.
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "model.safetensors"):
+        os.replace(tmp / name, out / name)
+    tmp.rmdir()
 
 
 def smollm2_135m() -> tuple[nn.Module, dict[str, torch.Tensor]]:
