@@ -8,6 +8,8 @@ MatMulNBits):
              past_key_values.{i}.key / .value (B, kv_heads, past, head_dim) float32 (past = 0 on the prompt)
     outputs  logits (B, S or k, vocab) float32 · present.{i}.key / .value (B, kv_heads, past + S, head_dim)
 
+The activations are rows (B * S, width) from the embedding to the LM head, turned into (B, S, width) only for
+GroupQueryAttention and the logits, so that a float zero point's correction is one Gemm (``_float_zero_nbits``).
 Per block: RMSNorm (fused with the residual add), one packed Q/K/V product, GroupQueryAttention (RoPE on
 Q and K, causal, grouped heads, the cache concatenated), the output product, RMSNorm, one packed gate/up
 product, SiLU(gate) * up, the down product. A Linear quantized by ``techniques.weight_only`` becomes
@@ -36,6 +38,7 @@ __all__ = ["DecoderShape", "decoder_shape", "build_decoder", "save_decoder", "DE
            "cache_names", "kv_bits"]
 
 DECODER_KIND = "decoder-lm"
+TOKENS = "tokens_shape"  # g.memo key: (B, S, -1), the shape that turns rows back into tokens
 OPSET = 21
 FORMAT = 1
 
@@ -149,21 +152,28 @@ def _nbits(g: Graph, x: str, parts: list[dict[str, Any]], hint: str) -> str:
 def _float_zero_nbits(g: Graph, x: str, codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, bits: int,
                       block: int, hint: str) -> str:
     """x @ ((q - z) * s)^T with float zero points z, as x @ ((q - c) * s)^T on MatMulNBits' fast integer path
-    (c = 2^(bits-1), the middle code, as an integer zero point) minus the group sums of x times (z - c) * s:
-    (B, S, K / block) @ (K / block, N), a small float product. ONNX Runtime's kernels take float zero points
-    only on a slow path. Centred codes keep the int8 activations of accuracy_level 4 accurate: their
-    rounding error meets |q - c| <= 2^(bits-1), not codes up to 2^bits - 1 (perplexity 19.68 against 19.42
-    with c = 0 on SmolLM2)."""
+    (c = 2^(bits-1), the middle code, as an integer zero point) plus the group sums of x times (c - z) * s:
+    Gemm(x @ G, (c - z) * s, C = that product), with G the (K, K / block) 0/1 matrix that sums each group
+    (one constant per K, shared). x is rows (tokens, K), as everywhere in this graph, so the offset and its
+    addition are one Gemm: two operators beside each product where the 3-D form took four (a Reshape, a
+    ReduceSum, a MatMul and a Sub; SmolLM2 decode 82.8 -> see README). ONNX Runtime's kernels take float
+    zero points only on a slow path. Centred codes keep the int8 activations of accuracy_level 4 accurate:
+    their rounding error meets |q - c| <= 2^(bits-1), not codes up to 2^bits - 1 (perplexity 19.68 against
+    19.42 with c = 0 on SmolLM2)."""
     n, k = codes.shape
     middle = 2 ** (bits - 1)
     packed, zp, width = _blocks(codes, np.full_like(zeros, middle, dtype=np.uint8), bits, block)
     y = g.op("MatMulNBits", [x, g.const(packed, f"{hint}.weight", U8), g.const(scales.reshape(-1), f"{hint}.scales"),
                              g.const(zp.reshape(-1), f"{hint}.zero_points", U8)],
              hint, domain=MS, K=k, N=n, bits=width, block_size=block, accuracy_level=g.root.accuracy_level)
-    grouped = g.op("Reshape", [x, g.const([0, 0, k // block, block], f"{hint}.groups", np.int64)], hint)
-    sums = g.op("ReduceSum", [grouped, g.const([-1], f"{hint}.last", np.int64)], hint, keepdims=0)
-    offset = g.const(((zeros - middle) * scales).T.astype(np.float32), f"{hint}.zero_offsets")  # (K / block, N)
-    return g.op("Sub", [y, g.op("MatMul", [sums, offset], hint)], hint)
+    key = ("group_sums", k, block)
+    if key not in g.memo:
+        summing = np.zeros((k, k // block), np.float32)
+        summing[np.arange(k), np.arange(k) // block] = 1.0
+        g.memo[key] = g.const(summing, f"group_sums.{k}.{block}")
+    sums = g.op("MatMul", [x, g.memo[key]], hint)  # (tokens, K / block)
+    offset = g.const(((middle - zeros) * scales).T.astype(np.float32), f"{hint}.zero_offsets")  # (K / block, N)
+    return g.op("Gemm", [sums, offset, y], hint)
 
 
 def _bias(g: Graph, y: str, layers: list[nn.Linear], hint: str) -> str:
@@ -213,9 +223,10 @@ def _attention(g: Graph, x: str, block: nn.Module, i: int, shape: DecoderShape, 
     from onnx import helper
 
     a = block.self_attn
-    qkv = _linear(g, x, [a.q_proj, a.k_proj, a.v_proj], f"layers.{i}.attn.qkv")
-    past, present = cache_names(shape.layers, bits is not None)
     hint = f"layers.{i}.attn"
+    qkv = _linear(g, x, [a.q_proj, a.k_proj, a.v_proj], f"layers.{i}.attn.qkv")
+    qkv = g.op("Reshape", [qkv, g.memo[TOKENS]], hint)  # rows -> (B, S, width): GroupQueryAttention's layout
+    past, present = cache_names(shape.layers, bits is not None)
     if bits is None:
         cache_in, cache_out = [past[2 * i], past[2 * i + 1]], [present[2 * i], present[2 * i + 1]]
     else:
@@ -233,6 +244,7 @@ def _attention(g: Graph, x: str, block: nn.Module, i: int, shape: DecoderShape, 
                 cache_out, (past[4 * i : 4 * i + 2], past[4 * i + 2 : 4 * i + 4]),
                 (present[4 * i : 4 * i + 2], present[4 * i + 2 : 4 * i + 4])):
             _store(g, full, codes, scales, new_codes, new_scales, bits, hint)
+    out = g.op("Reshape", [out, g.const([-1, shape.heads * shape.head_dim], f"{hint}.rows", np.int64)], hint)
     return _linear(g, out, [a.o_proj], f"layers.{i}.attn.o")
 
 
@@ -307,8 +319,10 @@ def _lengths(g: Graph) -> tuple[str, str]:
 
 
 def _last(g: Graph, x: str) -> str:
-    """The last ``logits_to_keep`` positions of x (B, S, H); 0 keeps them all (what generate's prefill skips)."""
+    """The last ``logits_to_keep`` positions of x (rows, H) as (B, k, H); 0 keeps them all (what generate's
+    prefill skips)."""
     start = g.op("Neg", ["logits_to_keep"], "keep")
+    x = g.op("Reshape", [x, g.memo[TOKENS]], "keep")
     return g.op("Slice", [x, start, g.const([2**62], "keep.end", np.int64), g.const([1], "keep.axis", np.int64)], "keep")
 
 
@@ -346,7 +360,10 @@ def build_decoder(model: nn.Module, *, accuracy_level: int = 4) -> tuple[Any, De
     cos, sin = _rope_caches(model, shape)
     rope = (g.const(cos, "rope.cos"), g.const(sin, "rope.sin"))
     lengths = _lengths(g)
+    g.memo[TOKENS] = g.op("Concat", [g.op("Shape", ["input_ids"], "tokens"), g.const([-1], "tokens.width", np.int64)],
+                          "tokens", axis=0)  # (B, S, -1)
     h = g.op("Gather", [g.const(to_numpy(body.embed_tokens.weight), "embed_tokens.weight"), "input_ids"], "embed")
+    h = g.op("Reshape", [h, g.const([-1, shape.hidden], "rows", np.int64)], "embed")  # (B * S, H): the rows
     x, residual = _norm(g, h, None, body.layers[0].input_layernorm.weight, shape.eps, "layers.0.input_norm")
     for i, block in enumerate(body.layers):
         attn = _attention(g, x, block, i, shape, lengths, rope, bits)
