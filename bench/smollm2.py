@@ -86,7 +86,9 @@ def main() -> None:
     parser.add_argument("--accuracy-level", type=int, default=4)
     parser.add_argument("--runtimes", default=",".join(LM_RUNTIMES))
     parser.add_argument("--no-energy", action="store_true")
-    parser.add_argument("--spin", action="store_true", help="idle threads spin (default: they sleep, every runtime)")
+    parser.add_argument("--sleep", action="store_true",
+                        help="idle threads sleep instead of spinning, every runtime (faster on cores shared with other work)")
+    parser.add_argument("--spin", action="store_true", help="idle threads spin, every runtime (the default)")
     parser.add_argument("--metric-windows", type=int, default=None, help="test windows scored (default: all 16)")
     args = parser.parse_args()
     console = Console()
@@ -95,7 +97,7 @@ def main() -> None:
         build_export(out, args.recipe, args.accuracy_level, console)
     result = bench_lm("smollm2", export=out, runtimes=tuple(args.runtimes.split(",")), threads=args.threads,
                       repeats=args.repeats, rounds=args.rounds, accuracy_level=args.accuracy_level,
-                      energy=not args.no_energy, json_path=args.json, metric_windows=args.metric_windows, spin=args.spin,
+                      energy=not args.no_energy, json_path=args.json, metric_windows=args.metric_windows, spin=not args.sleep,
                       log=lambda m: console.print(f"[dim]{m}[/]"))
     print_lm_table(result, console)
     for line in verdict(result):

@@ -395,6 +395,28 @@ def test_symmetric_per_token_encoder_runs_one_quantization_per_input_and_no_zero
     assert saturating_products(tmp_path / "m.onnx") == []
 
 
+def test_dynamic_encoder_runs_each_product_as_one_dynamic_quantize_matmul(tmp_path):
+    """act_granularity = "dynamic" on one BERT layer: every product is one DynamicQuantizeMatMul (Q, K and V
+    one of them, their biases inside it), with no quantization operator around any product; the output
+    projection's smoothing is folded into V; parity holds, and the weights are exact on every CPU's kernel."""
+    config = QuantConfig(act_granularity="dynamic", smooth=0.5, weight_step_init="max",
+                         smooth_skip=["*layer.?.output.dense"])
+    wl, model = _one_layer_encoder(config)
+    report = export_model(model, wl, tmp_path / "m.onnx")
+    assert report.parity.passed
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("DynamicQuantizeMatMul") == 4  # QKV, out, fc1, fc2
+    assert not {"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "MatMulIntegerToFloat", "MatMul",
+                "ReduceMax", "Abs"} & set(ops)
+    mha = next(n for n in graph.node if n.op_type == "MultiHeadAttention")
+    assert len(mha.input) == 3  # the biases were added inside the product
+    assert ops.count("Div") == 2  # the smoothing of Q, K, V's input and of the FFN's; the output's is in V
+    assert "DynamicQuantizeMatMul" in report.layers["encoder.layer.0.attention.output.dense"]
+    assert "one product with 2 more" in report.layers["encoder.layer.0.attention.self.value"]
+    assert saturating_products(tmp_path / "m.onnx") == []
+
+
 def test_pruned_symmetric_encoder_cuts_units_out_of_the_fused_product(tmp_path):
     wl, model = _one_layer_encoder(PER_TOKEN_SYMMETRIC.model_copy(update={"smooth_skip": ["*layer.?.output.dense"]}),
                                    PruneConfig(pattern="structured", granularity="head", sparsity=0.5),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
@@ -461,3 +462,30 @@ def test_evaluation_computes_the_integer_kernels_arithmetic_to_the_bit(make, sha
         ref = acc.to(torch.float32) * scale + model.bias.reshape(shape_c)
     assert torch.equal(y, ref)
     assert torch.allclose(y, train_y, rtol=1e-4, atol=1e-4)  # the same values, summed in another order
+
+
+def test_dynamic_grid_is_onnx_runtimes_dynamic_quantize_linear_to_the_code():
+    """act_granularity = "dynamic": the whole input on one uint8 grid from its own min and max, the codes
+    ONNX Runtime's DynamicQuantizeLinear writes (compared code by code on a run of the real operator)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    layer = nn.Linear(16, 6)
+    quantize(layer, torch.randn(4, 16), act_bits=8, act_granularity="dynamic")
+    assert not hasattr(layer, "act_step") and "dynamic per call" in repr(layer)
+    node = helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"])
+    graph = helper.make_graph([node], "dql", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info(n, t, None) for n, t in
+                               (("q", TensorProto.UINT8), ("s", TensorProto.FLOAT), ("z", TensorProto.UINT8))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    torch.manual_seed(0)
+    for x in (torch.randn(3, 7, 16) * 3, torch.rand(2, 16) + 0.5, -torch.rand(5, 16), torch.zeros(2, 16)):
+        q, s, z = session.run(None, {"x": x.numpy()})
+        expected = (torch.from_numpy(q.astype(np.float32)) - float(z)) * float(s)
+        assert torch.equal(layer._quantize_input(x), expected)
+
+
+def test_dynamic_grid_takes_eight_bits_only():
+    with pytest.raises(ValidationError, match="act_bits = 8"):
+        QuantConfig(act_granularity="dynamic", act_bits=4)

@@ -362,14 +362,16 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
 def bench_lm(workload: str = "smollm2", *, export: str | Path | None = None, runtimes: tuple[str, ...] = LM_RUNTIMES,
              threads: int = 2, repeats: int = 3, rounds: int = 2, prompt_tokens: int = 128, new_tokens: int = 64,
              block_size: int = 32, accuracy_level: int = 4, energy: bool = True, isolate: bool = True,
-             metric_windows: int | None = None, spin: bool = False,
+             metric_windows: int | None = None, spin: bool = True,
              workdir: str | Path | None = None, json_path: str | Path | None = None, timeout_s: float = 1800.0,
              log: Any = None) -> dict[str, Any]:
     """Benchmark the decoder runtimes side by side; returns (and writes to ``json_path``) the result JSON.
     ``metric_windows``: score perplexity on the first that many test windows (default: all 16). ``spin``: whether
     idle worker threads spin (ONNX Runtime's allow_spinning; OpenMP's OMP_WAIT_POLICY for torch and llama.cpp),
-    the same for every runtime; off by default: on cores shared with other work a spinning thread waits for one
-    the OS took away (measured here at 2 threads: wattless 17 -> 29 tok/s, llama.cpp 6 -> 25)."""
+    the same for every runtime. On by default, each runtime's own default: on a quiet machine spinning is
+    the faster for all of them (2 idle cores: llama.cpp 35 -> 122 decode tok/s, wattless 86 -> 128, ONNX
+    Runtime fp32 41 -> 57); on cores shared with other work a spinning thread waits for one the OS took away,
+    and sleeping is faster (load 6: wattless 17 -> 29 tok/s, llama.cpp 6 -> 25 with spin off)."""
     from wattless.bench.process import run_worker
     from wattless.runtime import read_metadata
     from wattless.workloads import get_workload
@@ -423,7 +425,7 @@ def bench_lm(workload: str = "smollm2", *, export: str | Path | None = None, run
 
 def _rounds(runtimes: list[str], prep: dict[str, Any], work: Path, threads: int, repeats: int, rounds: int,
             prompt_tokens: int, new_tokens: int, isolate: bool, timeout_s: float, say: Any, run_worker: Any,
-            spin: bool = False) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+            spin: bool = True) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     firsts: dict[str, Any] = {}
     best: dict[str, Any] = {}
     failed: list[str] = []

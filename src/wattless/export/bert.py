@@ -15,7 +15,7 @@ from wattless.errors import ExportError
 from wattless.export.cut import Keep
 from wattless.export.graph import F32, I64, MS, U8, Ctx, Graph, route_outputs, to_numpy, value
 from wattless.export.moe import emit_moe
-from wattless.export.qlayers import fusable, linear, smooth_divisor, token_products
+from wattless.export.qlayers import dynamic_fusable, dynamic_products, fusable, linear, smooth_divisor, token_products
 from wattless.export.tokens import ROWS, back_to_tokens, use_rows
 from wattless.export.table import gelu
 from wattless.techniques.moe import MoEMLP
@@ -67,7 +67,7 @@ def _attention(g: Graph, ctx: Ctx, layer: nn.Module, x: str, p: str, heads: int)
     if len(kept) < heads:
         ctx.keep.removed[f"{p}.attention"] = {"kept": int(len(kept)), "total": heads}
     heads_kept = {"num_heads": int(len(kept)), "scale": 1.0 / math.sqrt(size)}
-    if fusable([att.query, att.key, att.value]):
+    if fusable([att.query, att.key, att.value]) or dynamic_fusable([att.query, att.key, att.value]):
         return _fused_attention(g, ctx, layer, x, p, heads_kept, int(len(kept)) * size)
     q, k, v = (linear(g, ctx, proj, x, f"{p}.attention.self.{n}")
                for proj, n in ((att.query, "query"), (att.key, "key"), (att.value, "value")))
@@ -80,12 +80,16 @@ def _fused_attention(g: Graph, ctx: Ctx, layer: nn.Module, x: str, p: str, heads
     The output projection's SmoothQuant factor is folded into V's weight scale and bias (attention is
     linear in V, per channel), so its input needs no Div."""
     att, out = layer.attention.self, layer.attention.output
-    divisor = smooth_divisor(ctx, out.dense) if fusable([out.dense]) else None
+    mods = [att.query, att.key, att.value]
+    divisor = smooth_divisor(ctx, out.dense) if fusable([out.dense]) or dynamic_fusable([out.dense]) else None
     names = [f"{p}.attention.self.{n}" for n in ("query", "key", "value")]
-    y, bias = token_products(g, ctx, [att.query, att.key, att.value], x, names,
-                             divide={2: divisor} if divisor is not None else None)
-    q, k, v = g.op("Split", [back_to_tokens(g, y, x, f"{p}.attention.self", always=True)], f"{p}.attention.self",
-                   outputs=3, axis=-1, num_outputs=3)
+    divide = {2: divisor} if divisor is not None else None
+    if dynamic_fusable(mods):  # (batch, tokens, 3 x kept), the biases inside the product
+        y, bias = dynamic_products(g, ctx, mods, x, names, divide=divide), None
+    else:
+        y, bias = token_products(g, ctx, mods, x, names, divide=divide)
+        y = back_to_tokens(g, y, x, f"{p}.attention.self", always=True)
+    q, k, v = g.op("Split", [y], f"{p}.attention.self", outputs=3, axis=-1, num_outputs=3)
     inputs = [q, k, v] + ([g.const(bias, f"{p}.attention.self.bias")] if bias is not None else [])
     a = g.op("MultiHeadAttention", inputs, f"{p}.attention", domain=MS, **heads)  # (batch, tokens, kept)
     if ROWS in g.memo:

@@ -26,7 +26,7 @@ from wattless.techniques.prune import is_depthwise
 from wattless.techniques.quantize import act_scale, integer_weights, is_quantized
 
 __all__ = ["linear", "conv", "quantize", "quantize_input", "quantize_tokens", "weights", "token_products",
-           "fusable", "smooth_divisor"]
+           "fusable", "smooth_divisor", "dynamic_fusable", "dynamic_products"]
 
 
 def quantize_input(g: Graph, x: str, m: nn.Module, hint: str) -> tuple[str, str, str]:
@@ -60,6 +60,8 @@ def weights(ctx: Ctx, m: nn.Module) -> tuple[np.ndarray, np.ndarray | None, np.n
 
 def linear(g: Graph, ctx: Ctx, m: nn.Linear, x: str, hint: str, *, smoothed: bool = False) -> str:
     """``smoothed``: x is already divided by the layer's SmoothQuant factor (folded into the op before it)."""
+    if dynamic_fusable([m]):
+        return dynamic_products(g, ctx, [m], x, [hint], smoothed=smoothed)
     if is_quantized(m) and m.per_token and m.token_symmetric:
         y, b = token_products(g, ctx, [m], x, [hint], smoothed=smoothed)
         y = g.op("Add", [y, g.const(b, f"{hint}.bias")], hint) if b is not None else y
@@ -139,6 +141,39 @@ def token_products(g: Graph, ctx: Ctx, mods: list[nn.Module], x: str, hints: lis
             f"per-channel)" + (_smoothed_note(m) if not smoothed else ", SmoothQuant folded into the op before it")
             + (f", one product with {len(mods) - 1} more" if len(mods) > 1 else ""))
     return row_product(g, q, step, codes, scale, hint), bias
+
+
+def dynamic_fusable(mods: list[nn.Module]) -> bool:
+    """Whether these layers (reading one input) run as one DynamicQuantizeMatMul: inputs on the dynamic
+    per-call grid (act_granularity "dynamic"), the same smoothing."""
+    if not all(is_quantized(m) and getattr(m, "dynamic_tensor", False) for m in mods):
+        return False
+    factors = [None if m.smooth_factor is None else to_numpy(m.smooth_factor).tobytes() for m in mods]
+    return len(set(factors)) == 1
+
+
+def dynamic_products(g: Graph, ctx: Ctx, mods: list[nn.Module], x: str, hints: list[str], *, smoothed: bool = False,
+                     divide: dict[int, np.ndarray] | None = None) -> str:
+    """Layers reading x on the dynamic per-call grid as one com.microsoft DynamicQuantizeMatMul: the kernel
+    rounds x on DynamicQuantizeLinear's uint8 grid (what the QAT simulated), multiplies the codes by the
+    concatenated int8 weight codes in int32 and scales by the two steps, bias inside: one operator per
+    product, no quantization operators around it. ``divide[i]`` as in token_products."""
+    m0, hint = mods[0], hints[0]
+    if m0.smooth_factor is not None and not smoothed:
+        x = _smooth(g, ctx, m0, x, hint)
+    parts = [weights(ctx, m) for m in mods]
+    divide = divide or {}
+    codes = np.concatenate([w for w, _, _ in parts])  # (N, K)
+    scale = np.concatenate([s / divide.get(i, 1.0) for i, (_, s, _) in enumerate(parts)]).astype(F32)
+    bias = ""
+    if any(b is not None for _, _, b in parts):
+        bias = g.const(np.concatenate([(b if b is not None else np.zeros(len(w), F32)) / divide.get(i, 1.0)
+                                       for i, (w, _, b) in enumerate(parts)]).astype(F32), f"{hint}.bias")
+    for m, h in zip(mods, hints):
+        ctx.layers[h] = (f"int8 DynamicQuantizeMatMul, per-call dynamic activations (w{m.weight_bits}a8, per-channel)"
+                         f"{_smoothed_note(m)}" + (f", one product with {len(mods) - 1} more" if len(mods) > 1 else ""))
+    return g.op("DynamicQuantizeMatMul", [x, g.const(codes.T, f"{hint}.weight", I8), g.const(scale, f"{hint}.weight_scale"),
+                                          "", bias], hint, domain=MS)
 
 
 def smooth_divisor(ctx: Ctx, m: nn.Module) -> np.ndarray | None:

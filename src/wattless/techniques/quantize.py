@@ -80,7 +80,10 @@ class QuantConfig(TechniqueConfig):
     skip: list[str] = []  # globs of module names left in float
     # "token": a Linear's input rounded per row (one token, one vector) on a step and zero point taken from
     # that row at run time (asymmetric, dynamic); conv layers keep one learned step per tensor.
-    act_granularity: Literal["tensor", "token"] = "tensor"
+    # "dynamic": a Linear's whole input (one call) on one 8-bit asymmetric grid taken from it at run time,
+    # ONNX Runtime's DynamicQuantizeLinear grid, so the export runs each product as one DynamicQuantizeMatMul
+    # (the quantization inside the kernel); conv layers keep one learned step per tensor.
+    act_granularity: Literal["tensor", "token", "dynamic"] = "tensor"
     # The per-token grid: "asymmetric" (each row's [min, max], a zero point per row) or "symmetric" (each
     # row's max|x| on 2^(k-1) - 1 levels each side, no zero point): the symmetric grid runs as one
     # QuantizeLinear and one integer product with no zero-point correction (docs/EXPORT.md).
@@ -100,6 +103,9 @@ class QuantConfig(TechniqueConfig):
     def _skip_needs_smooth(self) -> "QuantConfig":
         if self.smooth_skip and self.smooth is None:
             raise ValueError("smooth_skip is given but smooth is not set: set smooth (e.g. 0.5) or drop smooth_skip")
+        if self.act_granularity == "dynamic" and self.act_bits not in (8, None):
+            raise ValueError(f"act_granularity = \"dynamic\" is ONNX Runtime's 8-bit DynamicQuantizeLinear grid; "
+                             f"act_bits = {self.act_bits}: set act_bits = 8 or use \"tensor\" / \"token\"")
         if self.act_grid != "asymmetric" and self.act_granularity != "token":
             raise ValueError(f"act_grid={self.act_grid!r} applies to per-token activations: set "
                              "act_granularity = \"token\" or drop act_grid")
@@ -163,12 +169,16 @@ class _QuantMixin:
 
     def _setup(self, weight_bits: int, act_bits: int | None, per_channel: bool, learn_step: bool,
                act_init: str | float, *, per_token: bool = False, smooth: torch.Tensor | None = None,
-               weight_init: str = "lsq", token_grid: str = "asymmetric") -> None:
+               weight_init: str = "lsq", token_grid: str = "asymmetric", dynamic: bool = False) -> None:
         self.weight_bits, self.act_bits, self.per_channel, self.learn_step = (
             weight_bits, act_bits, per_channel, learn_step)
         self._act_init, self.steps_frozen, self._steps_ready = act_init, False, False
         self.per_token = per_token and act_bits is not None and isinstance(self, nn.Linear)
         self.token_symmetric = self.per_token and token_grid == "symmetric"
+        self.dynamic_tensor = dynamic and act_bits is not None and isinstance(self, nn.Linear)
+        if self.dynamic_tensor and act_bits != 8:
+            raise QuantizeError(f"act_granularity = \"dynamic\" rounds on ONNX Runtime's 8-bit grid; this layer's "
+                                f"act_bits is {act_bits} (an override?): give it 8 bits or leave it in float")
         self._weight_init = weight_init
         self.wattless_weight_precision = f"int{weight_bits}"
         w = self.weight.detach()
@@ -183,7 +193,7 @@ class _QuantMixin:
             self.register_parameter("weight_step", None)
         if act_bits is not None:
             self.wattless_act_precision = f"int{act_bits}"
-        if act_bits is not None and not self.per_token:
+        if act_bits is not None and not self.runtime_grid:
             step = torch.zeros((), dtype=w.dtype, device=w.device)
             if learn_step:
                 self.act_step = nn.Parameter(step)
@@ -265,7 +275,24 @@ class _QuantMixin:
             s = (x.abs().amax(-1, keepdim=True) / qp).clamp_min(torch.finfo(x.dtype).tiny)
         return _round_ste(x / s).clamp(-qp, qp) * s
 
+    def _quantize_dynamic(self, x: torch.Tensor) -> torch.Tensor:
+        """The whole input on one uint8 grid taken from it, as ONNX Runtime's DynamicQuantizeLinear:
+        s = (max(x, 0) - min(x, 0)) / 255, zero point z = round(clip(-min / s, 0, 255)), codes
+        clip(round(x / s) + z, 0, 255) (round half to even in both), value (code - z) * s."""
+        with torch.no_grad():
+            lo, hi = x.amin().clamp(max=0), x.amax().clamp(min=0)
+            s = ((hi - lo) / 255).clamp_min(torch.finfo(x.dtype).tiny)
+            z = (-lo / s).clamp(0, 255).round()
+        return ((_round_ste(x / s) + z).clamp(0, 255) - z) * s
+
+    @property
+    def runtime_grid(self) -> bool:
+        """The input's grid is taken from it at run time (per token or per call), not learned."""
+        return self.per_token or getattr(self, "dynamic_tensor", False)
+
     def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dynamic_tensor:
+            return self._quantize_dynamic(x)
         if self.per_token:
             return self._quantize_tokens(x)
         self._observe_input(x)
@@ -293,7 +320,7 @@ class _QuantMixin:
     def _integer_exact(self, x: torch.Tensor) -> bool:
         """Evaluation runs the integer kernel's own arithmetic (see _integer_forward) where the export has one:
         a static activation grid, steps set, float32 inputs."""
-        return (self.act_bits is not None and not self.per_token and self.smooth_factor is None
+        return (self.act_bits is not None and not self.runtime_grid and self.smooth_factor is None
                 and self._steps_ready and x.dtype == torch.float32)
 
     def _integer_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -334,12 +361,13 @@ class _QuantMixin:
         for key in missing:  # a float checkpoint: keep loading, re-initialise the steps at the next forward
             missing_keys.remove(key)
         self._steps_ready = not missing
-        if self.act_bits is not None and not self.per_token:
+        if self.act_bits is not None and not self.runtime_grid:
             self._signed = bool(self.act_signed)
 
     def extra_repr(self) -> str:
         act = f"int{self.act_bits}" if self.act_bits is not None else "float"
         act += (" per token, symmetric" if self.token_symmetric else " per token") if self.per_token else ""
+        act += " dynamic per call" if self.runtime_grid and not self.per_token else ""
         smooth = ", smoothed" if self.smooth_factor is not None else ""
         return f"{super().extra_repr()}, weight=int{self.weight_bits}, act={act}{smooth}"
 
@@ -511,7 +539,8 @@ def _quantize_layers(model: nn.Module, config: QuantConfig, example_input: Any,
             module.__class__ = _quant_class(module)
             module._setup(*_layer_bits(name, config), config.per_channel, config.learn_step, act_init,
                           per_token=config.act_granularity == "token", smooth=factors.get(name),
-                          weight_init=config.weight_step_init, token_grid=config.act_grid)
+                          weight_init=config.weight_step_init, token_grid=config.act_grid,
+                          dynamic=config.act_granularity == "dynamic")
     if example_input is not None:
         _calibrate(model, example_input)
     return Quantization(left_float)
@@ -563,7 +592,7 @@ class Quantization(Technique):
     def report(self, model: nn.Module) -> dict[str, Any]:
         modules = dict(model.named_modules())
         layers = {n: {"weight_bits": m.weight_bits, "act_bits": m.act_bits,
-                      "act_granularity": "token" if m.per_token else "tensor",
+                      "act_granularity": "token" if m.per_token else "dynamic" if m.runtime_grid else "tensor",
                       "act_grid": "symmetric" if m.token_symmetric else "asymmetric",
                       "smoothed": m.smooth_factor is not None}
                   for n, m in modules.items() if isinstance(m, _QuantMixin)}
@@ -609,8 +638,9 @@ def act_scale(module: nn.Module) -> tuple[float, int, bool]:
     layer = _quantized(module)
     if layer.act_bits is None:
         raise QuantizeError("this layer's input is not quantized (act_bits=None): export it as float")
-    if layer.per_token:
-        raise QuantizeError("this layer quantizes its input per token at run time: it has no fixed input scale")
+    if layer.runtime_grid:
+        raise QuantizeError("this layer takes its input's grid at run time (per token or per call): it has no "
+                            "fixed input scale")
     if not layer._steps_ready:
         raise QuantizeError(
             "this layer has not seen an input yet: run one forward pass on example inputs first"
