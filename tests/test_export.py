@@ -473,3 +473,28 @@ def test_lean_recipe_trains_prunes_and_exports_a_smaller_ffn(tmp_path):
     assert shapes["encoder.layer.0.output.dense.weight"] == (kept, 384)
     ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
     assert ops.count("MatMulIntegerToFloat") == 4 and "MatMulInteger" not in ops
+
+
+def test_dynamic_recipe_trains_and_exports_one_dynamic_quantize_matmul_per_product(tmp_path):
+    """recipes/minilm-dynamic.toml as shipped, one epoch of two steps on a one-layer MiniLM: the run exports with
+    parity, every product one DynamicQuantizeMatMul, and the portable file's weights right on every CPU."""
+    import dataclasses
+
+    from wattless.optimize import optimize
+    from wattless.recipe import load_recipe
+
+    from tests.serve.tiny_encoder import workload
+
+    wl = workload()
+    wl = dataclasses.replace(wl, train=wl.train.take(slice(0, 32)))
+    shipped = load_recipe(Path(__file__).parents[1] / "recipes" / "minilm-dynamic.toml")
+    assert shipped.quantize.act_granularity == "dynamic"
+    recipe = shipped.model_copy(update={"train": shipped.train.model_copy(update={"epochs": 1, "batch_size": 16})})
+    metrics = optimize(wl, recipe, tmp_path / "run", progress=False, baselines=False, energy_inputs=2,
+                       cache=tmp_path / "cache")
+    assert {v["act_granularity"] for v in metrics["techniques"]["quantize"]["layers"].values()} == {"dynamic"}
+    report = export_run(tmp_path / "run", tmp_path / "m.onnx", workload=wl)
+    assert report.parity.passed
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
+    assert ops.count("DynamicQuantizeMatMul") == 4 and not {"MatMulIntegerToFloat", "QuantizeLinear"} & set(ops)
+    assert saturating_products(tmp_path / "m.onnx") == []
