@@ -83,7 +83,7 @@ def exports(tmp_path_factory):
 def other_kernels(tmp_path_factory):
     """Exports whose products run ConvInteger, QLinearConv (requantized, codes spread to 8 bits) and
     per-token MatMulInteger, per-token symmetric MatMulIntegerToFloat (8-bit weights: u8 x u8 in the portable
-    file; 7-bit: u8 x s8 that cannot saturate); their inputs beside them."""
+    file; 7-bit: u8 x s8 that cannot saturate), per-call DynamicQuantizeMatMul; their inputs beside them."""
     from tests.test_export import _conv_net, _signals, _workload
 
     folder = tmp_path_factory.mktemp("other-kernels")
@@ -95,7 +95,8 @@ def other_kernels(tmp_path_factory):
              "per-token-symmetric": (token, QuantConfig(act_granularity="token", act_grid="symmetric", smooth=0.5,
                                                         weight_step_init="max"), False),
              "per-token-symmetric-w7": (token, QuantConfig(weight_bits=7, act_granularity="token", act_grid="symmetric",
-                                                           smooth=0.5, weight_step_init="max"), False)}
+                                                           smooth=0.5, weight_step_init="max"), False),
+             "dynamic": (token, QuantConfig(act_granularity="dynamic", smooth=0.5, weight_step_init="max"), False)}
     for name, (wl, config, fuse) in cases.items():
         model = _quantized(wl, wl.build_model(), config)
         export_model(model, wl, folder / f"{name}.onnx", requantize=fuse, tolerance=Tolerance(min_agree=0.9))

@@ -114,8 +114,25 @@ def fusable(mods: list[nn.Module]) -> bool:
     same activation bits and the same smoothing."""
     if not all(is_quantized(m) and m.per_token and m.token_symmetric for m in mods):
         return False
-    factors = [None if m.smooth_factor is None else to_numpy(m.smooth_factor).tobytes() for m in mods]
-    return len({m.act_bits for m in mods}) == 1 and len(set(factors)) == 1
+    return len({m.act_bits for m in mods}) == 1 and _same_smoothing(mods)
+
+
+def _same_smoothing(mods: list[nn.Module]) -> bool:
+    return len({None if m.smooth_factor is None else to_numpy(m.smooth_factor).tobytes() for m in mods}) == 1
+
+
+def _stacked(ctx: Ctx, mods: list[nn.Module], divide: dict[int, np.ndarray] | None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The layers' weight codes stacked along the outputs (N, K), their per-channel scales and their biases
+    (None if no layer has one), layer i's scale and bias divided by ``divide[i]``."""
+    parts = [weights(ctx, m) for m in mods]
+    divide = divide or {}
+    codes = np.concatenate([w for w, _, _ in parts])
+    scale = np.concatenate([s / divide.get(i, 1.0) for i, (_, s, _) in enumerate(parts)]).astype(F32)
+    biases = [b if b is not None else np.zeros(len(w), F32) for w, _, b in parts]
+    bias = (np.concatenate([b / divide.get(i, 1.0) for i, b in enumerate(biases)]).astype(F32)
+            if any(b is not None for _, _, b in parts) else None)
+    return codes, scale, bias
 
 
 def token_products(g: Graph, ctx: Ctx, mods: list[nn.Module], x: str, hints: list[str], *, smoothed: bool = False,
@@ -127,13 +144,7 @@ def token_products(g: Graph, ctx: Ctx, mods: list[nn.Module], x: str, hints: lis
     m0, hint = mods[0], hints[0]
     if m0.smooth_factor is not None and not smoothed:
         x = _smooth(g, ctx, m0, x, hint)
-    parts = [weights(ctx, m) for m in mods]
-    divide = divide or {}
-    codes = np.concatenate([w for w, _, _ in parts])
-    scale = np.concatenate([s / divide.get(i, 1.0) for i, (_, s, _) in enumerate(parts)]).astype(F32)
-    biases = [b if b is not None else np.zeros(len(w), F32) for w, _, b in parts]
-    bias = (np.concatenate([b / divide.get(i, 1.0) for i, b in enumerate(biases)]).astype(F32)
-            if any(b is not None for _, _, b in parts) else None)
+    codes, scale, bias = _stacked(ctx, mods, divide)
     q, step = quantize_rows(g, x, codes.shape[1], m0.act_bits, hint)
     for m, name in zip(mods, hints):
         ctx.layers[name] = (
@@ -146,10 +157,7 @@ def token_products(g: Graph, ctx: Ctx, mods: list[nn.Module], x: str, hints: lis
 def dynamic_fusable(mods: list[nn.Module]) -> bool:
     """Whether these layers (reading one input) run as one DynamicQuantizeMatMul: inputs on the dynamic
     per-call grid (act_granularity "dynamic"), the same smoothing."""
-    if not all(is_quantized(m) and getattr(m, "dynamic_tensor", False) for m in mods):
-        return False
-    factors = [None if m.smooth_factor is None else to_numpy(m.smooth_factor).tobytes() for m in mods]
-    return len(set(factors)) == 1
+    return all(is_quantized(m) and m.dynamic_tensor for m in mods) and _same_smoothing(mods)
 
 
 def dynamic_products(g: Graph, ctx: Ctx, mods: list[nn.Module], x: str, hints: list[str], *, smoothed: bool = False,
@@ -161,19 +169,13 @@ def dynamic_products(g: Graph, ctx: Ctx, mods: list[nn.Module], x: str, hints: l
     m0, hint = mods[0], hints[0]
     if m0.smooth_factor is not None and not smoothed:
         x = _smooth(g, ctx, m0, x, hint)
-    parts = [weights(ctx, m) for m in mods]
-    divide = divide or {}
-    codes = np.concatenate([w for w, _, _ in parts])  # (N, K)
-    scale = np.concatenate([s / divide.get(i, 1.0) for i, (_, s, _) in enumerate(parts)]).astype(F32)
-    bias = ""
-    if any(b is not None for _, _, b in parts):
-        bias = g.const(np.concatenate([(b if b is not None else np.zeros(len(w), F32)) / divide.get(i, 1.0)
-                                       for i, (w, _, b) in enumerate(parts)]).astype(F32), f"{hint}.bias")
+    codes, scale, bias = _stacked(ctx, mods, divide)
     for m, h in zip(mods, hints):
         ctx.layers[h] = (f"int8 DynamicQuantizeMatMul, per-call dynamic activations (w{m.weight_bits}a8, per-channel)"
                          f"{_smoothed_note(m)}" + (f", one product with {len(mods) - 1} more" if len(mods) > 1 else ""))
     return g.op("DynamicQuantizeMatMul", [x, g.const(codes.T, f"{hint}.weight", I8), g.const(scale, f"{hint}.weight_scale"),
-                                          "", bias], hint, domain=MS)
+                                          "", g.const(bias, f"{hint}.bias") if bias is not None else ""], hint,
+                domain=MS)
 
 
 def smooth_divisor(ctx: Ctx, m: nn.Module) -> np.ndarray | None:

@@ -288,7 +288,7 @@ class _QuantMixin:
     @property
     def runtime_grid(self) -> bool:
         """The input's grid is taken from it at run time (per token or per call), not learned."""
-        return self.per_token or getattr(self, "dynamic_tensor", False)
+        return self.per_token or self.dynamic_tensor
 
     def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.dynamic_tensor:
@@ -367,7 +367,7 @@ class _QuantMixin:
     def extra_repr(self) -> str:
         act = f"int{self.act_bits}" if self.act_bits is not None else "float"
         act += (" per token, symmetric" if self.token_symmetric else " per token") if self.per_token else ""
-        act += " dynamic per call" if self.runtime_grid and not self.per_token else ""
+        act += " dynamic per call" if self.dynamic_tensor else ""
         smooth = ", smoothed" if self.smooth_factor is not None else ""
         return f"{super().extra_repr()}, weight=int{self.weight_bits}, act={act}{smooth}"
 
@@ -592,7 +592,7 @@ class Quantization(Technique):
     def report(self, model: nn.Module) -> dict[str, Any]:
         modules = dict(model.named_modules())
         layers = {n: {"weight_bits": m.weight_bits, "act_bits": m.act_bits,
-                      "act_granularity": "token" if m.per_token else "dynamic" if m.runtime_grid else "tensor",
+                      "act_granularity": "token" if m.per_token else "dynamic" if m.dynamic_tensor else "tensor",
                       "act_grid": "symmetric" if m.token_symmetric else "asymmetric",
                       "smoothed": m.smooth_factor is not None}
                   for n, m in modules.items() if isinstance(m, _QuantMixin)}
