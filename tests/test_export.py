@@ -417,6 +417,20 @@ def test_dynamic_encoder_runs_each_product_as_one_dynamic_quantize_matmul(tmp_pa
     assert saturating_products(tmp_path / "m.onnx") == []
 
 
+def test_dynamic_encoder_with_outlier_smoothing_divides_the_ffn_input_in_graph(tmp_path):
+    """smooth_outliers on the FFN output (after GELU, which cannot take a factor): one Div more before that
+    product, parity holds, and the product is still one DynamicQuantizeMatMul."""
+    config = QuantConfig(act_granularity="dynamic", smooth=0.5, weight_step_init="max",
+                         smooth_outliers=["*layer.?.output.dense"])
+    wl, model = _one_layer_encoder(config)
+    assert float(model.encoder.layer[0].output.dense.smooth_factor.min()) == 1.0
+    report = export_model(model, wl, tmp_path / "m.onnx")
+    assert report.parity.passed
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
+    assert ops.count("DynamicQuantizeMatMul") == 4 and ops.count("Div") == 3
+    assert "SmoothQuant (input / s in-graph)" in report.layers["encoder.layer.0.output.dense"]
+
+
 def test_pruned_symmetric_encoder_cuts_units_out_of_the_fused_product(tmp_path):
     wl, model = _one_layer_encoder(PER_TOKEN_SYMMETRIC.model_copy(update={"smooth_skip": ["*layer.?.output.dense"]}),
                                    PruneConfig(pattern="structured", granularity="head", sparsity=0.5),

@@ -410,6 +410,39 @@ def test_smoothed_per_token_state_round_trips(tmp_path):
     assert torch.equal(again(x), model(x))
 
 
+def test_outlier_smoothing_divides_only_the_outlier_channels_down_to_the_quantile():
+    model, x = outlier_mlp()
+    ref = model(x)
+    quantize(model, x, act_granularity="dynamic", smooth_outliers=["a", "b"], outlier_quantile=0.75)
+    a = model.a
+    assert model.out.smooth_factor is None  # neither smooth nor smooth_outliers names it
+    x_max = x.abs().reshape(-1, 16).amax(0)
+    cap = x_max.quantile(0.75)
+    assert torch.allclose(a.smooth_factor, (x_max / cap).clamp_min(1))
+    assert int((a.smooth_factor > 1).sum()) == 4 and float(a.smooth_factor[3]) > 30  # the 50x channel, most of all
+    assert torch.equal(a.smooth_factor, model.b.smooth_factor)
+    smoothed_err = rel_err(model(x), ref)
+    plain, _ = outlier_mlp()
+    quantize(plain, x, act_granularity="dynamic")
+    assert smoothed_err < rel_err(plain(x), ref)
+
+
+def test_outlier_smoothing_overrides_smooth_for_its_layers_and_refuses_a_split_group():
+    model, x = outlier_mlp()
+    quantize(model, x, act_granularity="dynamic", smooth=0.5, smooth_outliers=["out"])
+    assert float(model.out.smooth_factor.min()) == 1.0  # capped form: no channel is scaled up
+    assert float(model.a.smooth_factor.min()) != 1.0  # SmoothQuant's form
+    split, _ = outlier_mlp()
+    with pytest.raises(QuantizeError, match="read one tensor"):
+        quantize(split, x, act_granularity="dynamic", smooth=0.5, smooth_outliers=["a"])
+    with pytest.raises(QuantizeError, match="smooth_outliers glob 'fc9'"):
+        quantize(outlier_mlp()[0], x, smooth_outliers=["fc9"])
+    with pytest.raises(ValidationError, match="both smooth_skip and smooth_outliers"):
+        QuantConfig(smooth=0.5, smooth_skip=["out"], smooth_outliers=["out"])
+    with pytest.raises(ValidationError, match="outlier_quantile"):
+        QuantConfig(outlier_quantile=1.0)
+
+
 def test_smooth_skip_without_smooth_and_a_bad_granularity_are_errors():
     with pytest.raises(ValidationError, match="smooth_skip"):
         QuantConfig(smooth_skip=["a"])

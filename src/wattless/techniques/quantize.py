@@ -94,6 +94,14 @@ class QuantConfig(TechniqueConfig):
     # the op before them at deployment. None: no smoothing.
     smooth: float | None = Field(None, gt=0, lt=1)
     smooth_skip: list[str] = []  # globs of Linear layers left unsmoothed
+    # Globs of Linear layers smoothed at their outlier channels only (with or without ``smooth``): a channel
+    # whose calibration max|x_j| exceeds the ``outlier_quantile`` of the layer's channel maxima is divided down
+    # to it, s_j = max(1, max|x_j| / cap), and its weight column multiplied by s_j; other channels are left
+    # alone. For layers whose input comes from an op that cannot take a factor (the FFN output after GELU,
+    # where a few neurons reach 10x the rest and one per-call grid would spend its levels on them): the
+    # division runs in-graph at deployment, one Div before the product.
+    smooth_outliers: list[str] = []
+    outlier_quantile: float = Field(0.9, gt=0, lt=1)
     smooth_batches: int = Field(8, ge=1)  # calibration batches for the smoothing statistics
     # Initial learned weight step: "lsq" (2 mean|w| / sqrt(Qp), capped at max|w| / Qp) or "max" (max|w| / Qp,
     # never clips: better for heavy-tailed pretrained weights at 8 bits).
@@ -103,6 +111,10 @@ class QuantConfig(TechniqueConfig):
     def _skip_needs_smooth(self) -> "QuantConfig":
         if self.smooth_skip and self.smooth is None:
             raise ValueError("smooth_skip is given but smooth is not set: set smooth (e.g. 0.5) or drop smooth_skip")
+        both = sorted(set(self.smooth_skip) & set(self.smooth_outliers))
+        if both:
+            raise ValueError(f"{both} in both smooth_skip and smooth_outliers: a layer is either left unsmoothed or "
+                             "smoothed at its outliers; drop it from one")
         if self.act_granularity == "dynamic" and self.act_bits not in (8, None):
             raise ValueError(f"act_granularity = \"dynamic\" is ONNX Runtime's 8-bit DynamicQuantizeLinear grid; "
                              f"act_bits = {self.act_bits}: set act_bits = 8 or use \"tensor\" / \"token\"")
@@ -464,10 +476,12 @@ def _calibrate(model: nn.Module, example_input: Any) -> None:
 
 
 @torch.no_grad()
-def _smoothing_factors(model: nn.Module, layers: dict[str, nn.Module], alpha: float,
-                       batches: list[Any]) -> dict[str, torch.Tensor]:
+def _smoothing_factors(model: nn.Module, layers: dict[str, nn.Module], alpha: float | None,
+                       batches: list[Any], outliers: Sequence[str] = (), quantile: float = 0.9
+                       ) -> dict[str, torch.Tensor]:
     """SmoothQuant factors (in_features,) per layer from max|x_j| over ``batches`` (float model). Layers
-    fed the same tensor form one group with one factor, over the largest weight of the group."""
+    fed the same tensor form one group with one factor, over the largest weight of the group. Layers named in
+    ``outliers`` get max(1, max|x_j| / cap), cap the ``quantile`` of their channel maxima, instead."""
     amax: dict[str, torch.Tensor] = {}
     feeds: dict[str, torch.Tensor] = {}  # each layer's first input, held so no two share an address by reuse
 
@@ -494,6 +508,14 @@ def _smoothing_factors(model: nn.Module, layers: dict[str, nn.Module], alpha: fl
     factors = {}
     for names in groups.values():
         x_max = torch.stack([amax[n] for n in names]).amax(0)
+        capped = [n for n in names if n in outliers]
+        if capped and len(capped) != len(names):
+            raise QuantizeError(f"{capped} and {sorted(set(names) - set(capped))} read one tensor, which takes one "
+                                "smoothing: put all of them in smooth_outliers or none")
+        if capped:
+            cap = x_max.quantile(quantile).clamp_min(1e-5)
+            factors.update({n: (x_max / cap).clamp_min(1.0) for n in names})
+            continue
         w_max = torch.stack([layers[n].weight.detach().abs().amax(0).float() for n in names]).amax(0)
         s = x_max.clamp_min(1e-5).pow(alpha) / w_max.clamp_min(1e-5).pow(1 - alpha)
         factors.update({n: s.clamp(1e-5, 1e5) for n in names})
@@ -523,16 +545,19 @@ def _quantize_layers(model: nn.Module, config: QuantConfig, example_input: Any,
     _check_globs(config.skip, names, "skip")
     _check_globs(list(config.overrides), names, "overrides")
     _check_globs(config.smooth_skip, names, "smooth_skip")
+    _check_globs(config.smooth_outliers, names, "smooth_outliers")
     left_float = [n for n in names if any(fnmatchcase(n, g) for g in config.skip)]
     if names and len(left_float) == len(names):
         raise QuantizeError(f"quantize: skip={config.skip} leaves every layer in float, so nothing is quantized; "
                             "narrow skip or drop the [quantize] section")
     factors: dict[str, torch.Tensor] = {}
-    if config.smooth is not None:
+    outliers = [n for n in names if n not in left_float and any(fnmatchcase(n, g) for g in config.smooth_outliers)]
+    if config.smooth is not None or outliers:
         smoothed = {n: m for n, m in layers.items() if isinstance(m, nn.Linear) and n not in left_float
-                    and not any(fnmatchcase(n, g) for g in config.smooth_skip)}
+                    and (n in outliers or config.smooth is not None
+                         and not any(fnmatchcase(n, g) for g in config.smooth_skip))}
         batches = _calibration_batches(context, example_input, config.smooth_batches)
-        factors = _smoothing_factors(model, smoothed, config.smooth, batches)
+        factors = _smoothing_factors(model, smoothed, config.smooth, batches, outliers, config.outlier_quantile)
     for name in names:
         if name not in left_float:
             module = layers[name]
