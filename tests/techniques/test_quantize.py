@@ -427,18 +427,21 @@ def test_outlier_smoothing_divides_only_the_outlier_channels_down_to_the_quantil
     assert smoothed_err < rel_err(plain(x), ref)
 
 
-def test_outlier_smoothing_overrides_smooth_for_its_layers_and_refuses_a_split_group():
+def test_outlier_smoothing_caps_what_smoothquant_leaves_and_refuses_a_split_group():
     model, x = outlier_mlp()
-    quantize(model, x, act_granularity="dynamic", smooth=0.5, smooth_outliers=["out"])
-    assert float(model.out.smooth_factor.min()) == 1.0  # capped form: no channel is scaled up
-    assert float(model.a.smooth_factor.min()) != 1.0  # SmoothQuant's form
+    quantize(model, x, act_granularity="dynamic", smooth=0.5, smooth_skip=["out"], smooth_outliers=["a", "b", "out"])
+    assert float(model.out.smooth_factor.min()) == 1.0  # in smooth_skip: capped from 1, no channel scaled up
+    sq, _ = outlier_mlp()
+    quantize(sq, x, act_granularity="dynamic", smooth=0.5)
+    left = x.abs().reshape(-1, 16).amax(0) / sq.a.smooth_factor  # what SmoothQuant leaves of each channel
+    ratio = model.a.smooth_factor / sq.a.smooth_factor
+    assert torch.allclose(ratio, (left / left.quantile(0.9)).clamp_min(1), rtol=1e-5)
+    assert float((x.abs().reshape(-1, 16).amax(0) / model.a.smooth_factor).max()) <= float(left.quantile(0.9)) * 1.0001
     split, _ = outlier_mlp()
     with pytest.raises(QuantizeError, match="read one tensor"):
         quantize(split, x, act_granularity="dynamic", smooth=0.5, smooth_outliers=["a"])
     with pytest.raises(QuantizeError, match="smooth_outliers glob 'fc9'"):
         quantize(outlier_mlp()[0], x, smooth_outliers=["fc9"])
-    with pytest.raises(ValidationError, match="both smooth_skip and smooth_outliers"):
-        QuantConfig(smooth=0.5, smooth_skip=["out"], smooth_outliers=["out"])
     with pytest.raises(ValidationError, match="outlier_quantile"):
         QuantConfig(outlier_quantile=1.0)
 

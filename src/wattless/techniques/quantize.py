@@ -94,12 +94,13 @@ class QuantConfig(TechniqueConfig):
     # the op before them at deployment. None: no smoothing.
     smooth: float | None = Field(None, gt=0, lt=1)
     smooth_skip: list[str] = []  # globs of Linear layers left unsmoothed
-    # Globs of Linear layers smoothed at their outlier channels only (with or without ``smooth``): a channel
-    # whose calibration max|x_j| exceeds the ``outlier_quantile`` of the layer's channel maxima is divided down
-    # to it, s_j = max(1, max|x_j| / cap), and its weight column multiplied by s_j; other channels are left
-    # alone. For layers whose input comes from an op that cannot take a factor (the FFN output after GELU,
-    # where a few neurons reach 10x the rest and one per-call grid would spend its levels on them): the
-    # division runs in-graph at deployment, one Div before the product.
+    # Globs of Linear layers whose outlier channels are capped: after SmoothQuant's factor (where ``smooth`` is set
+    # and the layer is not in smooth_skip; else from 1), a channel whose max|x_j / s_j| over the calibration
+    # batches exceeds the ``outlier_quantile`` of the layer's channel maxima is divided down to it (s_j grows by
+    # that ratio; its weight column is multiplied up), other channels are left as they are. For one per-call
+    # grid (act_granularity "dynamic"), which spends its 256 levels on the largest value: in MiniLM one channel
+    # of the [CLS] token still reaches 3x the next after SmoothQuant, and the FFN output after GELU (which cannot
+    # take a factor, so it is in smooth_skip and its division runs in-graph, one Div) has neurons at 10x the rest.
     smooth_outliers: list[str] = []
     outlier_quantile: float = Field(0.9, gt=0, lt=1)
     smooth_batches: int = Field(8, ge=1)  # calibration batches for the smoothing statistics
@@ -111,10 +112,6 @@ class QuantConfig(TechniqueConfig):
     def _skip_needs_smooth(self) -> "QuantConfig":
         if self.smooth_skip and self.smooth is None:
             raise ValueError("smooth_skip is given but smooth is not set: set smooth (e.g. 0.5) or drop smooth_skip")
-        both = sorted(set(self.smooth_skip) & set(self.smooth_outliers))
-        if both:
-            raise ValueError(f"{both} in both smooth_skip and smooth_outliers: a layer is either left unsmoothed or "
-                             "smoothed at its outliers; drop it from one")
         if self.act_granularity == "dynamic" and self.act_bits not in (8, None):
             raise ValueError(f"act_granularity = \"dynamic\" is ONNX Runtime's 8-bit DynamicQuantizeLinear grid; "
                              f"act_bits = {self.act_bits}: set act_bits = 8 or use \"tensor\" / \"token\"")
@@ -477,11 +474,12 @@ def _calibrate(model: nn.Module, example_input: Any) -> None:
 
 @torch.no_grad()
 def _smoothing_factors(model: nn.Module, layers: dict[str, nn.Module], alpha: float | None,
-                       batches: list[Any], outliers: Sequence[str] = (), quantile: float = 0.9
-                       ) -> dict[str, torch.Tensor]:
-    """SmoothQuant factors (in_features,) per layer from max|x_j| over ``batches`` (float model). Layers
-    fed the same tensor form one group with one factor, over the largest weight of the group. Layers named in
-    ``outliers`` get max(1, max|x_j| / cap), cap the ``quantile`` of their channel maxima, instead."""
+                       batches: list[Any], plain: Sequence[str] = (), outliers: Sequence[str] = (),
+                       quantile: float = 0.9) -> dict[str, torch.Tensor]:
+    """Smoothing factors (in_features,) per layer from max|x_j| over ``batches`` (float model). Layers fed the
+    same tensor form one group with one factor: SmoothQuant's with strength ``alpha`` over the group's largest
+    weight (1 for layers in ``plain``, or with alpha None), then, for layers in ``outliers``, every channel
+    above the ``quantile`` of the smoothed channel maxima divided down to it."""
     amax: dict[str, torch.Tensor] = {}
     feeds: dict[str, torch.Tensor] = {}  # each layer's first input, held so no two share an address by reuse
 
@@ -508,17 +506,19 @@ def _smoothing_factors(model: nn.Module, layers: dict[str, nn.Module], alpha: fl
     factors = {}
     for names in groups.values():
         x_max = torch.stack([amax[n] for n in names]).amax(0)
-        capped = [n for n in names if n in outliers]
-        if capped and len(capped) != len(names):
-            raise QuantizeError(f"{capped} and {sorted(set(names) - set(capped))} read one tensor, which takes one "
-                                "smoothing: put all of them in smooth_outliers or none")
-        if capped:
-            cap = x_max.quantile(quantile).clamp_min(1e-5)
-            factors.update({n: (x_max / cap).clamp_min(1.0) for n in names})
-            continue
-        w_max = torch.stack([layers[n].weight.detach().abs().amax(0).float() for n in names]).amax(0)
-        s = x_max.clamp_min(1e-5).pow(alpha) / w_max.clamp_min(1e-5).pow(1 - alpha)
-        factors.update({n: s.clamp(1e-5, 1e5) for n in names})
+        for kind, chosen in (("smooth_outliers", outliers), ("smooth_skip", plain)):
+            inside = sorted(n for n in names if n in chosen)
+            if inside and len(inside) != len(names):
+                raise QuantizeError(f"{inside} and {sorted(set(names) - set(inside))} read one tensor, which takes "
+                                    f"one smoothing: put all of them in {kind} or none")
+        s = torch.ones_like(x_max)
+        if alpha is not None and names[0] not in plain:
+            w_max = torch.stack([layers[n].weight.detach().abs().amax(0).float() for n in names]).amax(0)
+            s = (x_max.clamp_min(1e-5).pow(alpha) / w_max.clamp_min(1e-5).pow(1 - alpha)).clamp(1e-5, 1e5)
+        if names[0] in outliers:
+            smoothed = x_max / s
+            s = s * (smoothed / smoothed.quantile(quantile).clamp_min(1e-5)).clamp_min(1.0)
+        factors.update({n: s for n in names})
     return factors
 
 
@@ -550,14 +550,15 @@ def _quantize_layers(model: nn.Module, config: QuantConfig, example_input: Any,
     if names and len(left_float) == len(names):
         raise QuantizeError(f"quantize: skip={config.skip} leaves every layer in float, so nothing is quantized; "
                             "narrow skip or drop the [quantize] section")
-    factors: dict[str, torch.Tensor] = {}
     outliers = [n for n in names if n not in left_float and any(fnmatchcase(n, g) for g in config.smooth_outliers)]
-    if config.smooth is not None or outliers:
-        smoothed = {n: m for n, m in layers.items() if isinstance(m, nn.Linear) and n not in left_float
-                    and (n in outliers or config.smooth is not None
-                         and not any(fnmatchcase(n, g) for g in config.smooth_skip))}
+    plain = [n for n in names if any(fnmatchcase(n, g) for g in config.smooth_skip)]
+    smoothed = {n: m for n, m in layers.items() if isinstance(m, nn.Linear) and n not in left_float
+                and (n in outliers or config.smooth is not None and n not in plain)}
+    factors: dict[str, torch.Tensor] = {}
+    if smoothed:
         batches = _calibration_batches(context, example_input, config.smooth_batches)
-        factors = _smoothing_factors(model, smoothed, config.smooth, batches, outliers, config.outlier_quantile)
+        factors = _smoothing_factors(model, smoothed, config.smooth, batches, plain, outliers,
+                                     config.outlier_quantile)
     for name in names:
         if name not in left_float:
             module = layers[name]
