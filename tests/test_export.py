@@ -396,24 +396,30 @@ def test_symmetric_per_token_encoder_runs_one_quantization_per_input_and_no_zero
 
 
 def test_dynamic_encoder_runs_each_product_as_one_dynamic_quantize_matmul(tmp_path):
-    """act_granularity = "dynamic" on one BERT layer: every product is one DynamicQuantizeMatMul (Q, K and V
-    one of them, their biases inside it), with no quantization operator around any product; the output
-    projection's smoothing is folded into V; parity holds, and the weights are exact on every CPU's kernel."""
+    """act_granularity = "dynamic" on one BERT layer: Q, K, V and the attention are one QAttention on one
+    DynamicQuantizeLinear (biases inside), every other product one DynamicQuantizeMatMul, with no other
+    quantization operator around any product; the output projection's smoothing is folded into V; parity
+    holds, and the weights are exact on every CPU's kernel."""
+    from wattless.kernels import integer_products
+
     config = QuantConfig(act_granularity="dynamic", smooth=0.5, weight_step_init="max",
                          smooth_skip=["*layer.?.output.dense"])
     wl, model = _one_layer_encoder(config)
     report = export_model(model, wl, tmp_path / "m.onnx")
     assert report.parity.passed
-    graph = onnx.load(str(tmp_path / "m.onnx")).graph
-    ops = [n.op_type for n in graph.node]
-    assert ops.count("DynamicQuantizeMatMul") == 4  # QKV, out, fc1, fc2
-    assert not {"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "MatMulIntegerToFloat", "MatMul",
+    model_proto = onnx.load(str(tmp_path / "m.onnx"))
+    ops = [n.op_type for n in model_proto.graph.node]
+    assert ops.count("DynamicQuantizeMatMul") == 3 and ops.count("QAttention") == 1  # out, fc1, fc2; QKV
+    assert ops.count("DynamicQuantizeLinear") == 1
+    assert not {"QuantizeLinear", "MatMulInteger", "MatMulIntegerToFloat", "MatMul", "MultiHeadAttention", "Split",
                 "ReduceMax", "Abs"} & set(ops)
-    mha = next(n for n in graph.node if n.op_type == "MultiHeadAttention")
-    assert len(mha.input) == 3  # the biases were added inside the product
+    qatt = next(n for n in model_proto.graph.node if n.op_type == "QAttention")
+    inits = {i.name: i for i in model_proto.graph.initializer}
+    assert list(inits[qatt.input[1]].dims) == [384, 3 * 384] and list(inits[qatt.input[4]].dims) == [3 * 384]
     assert ops.count("Div") == 2  # the smoothing of Q, K, V's input and of the FFN's; the output's is in V
     assert "DynamicQuantizeMatMul" in report.layers["encoder.layer.0.attention.output.dense"]
-    assert "one product with 2 more" in report.layers["encoder.layer.0.attention.self.value"]
+    assert "QAttention" in report.layers["encoder.layer.0.attention.self.value"]
+    assert {p.op_type for p in integer_products(model_proto)} == {"DynamicQuantizeMatMul", "QAttention"}
     assert saturating_products(tmp_path / "m.onnx") == []
 
 
@@ -427,7 +433,7 @@ def test_dynamic_encoder_with_outlier_smoothing_divides_the_ffn_input_in_graph(t
     report = export_model(model, wl, tmp_path / "m.onnx")
     assert report.parity.passed
     ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
-    assert ops.count("DynamicQuantizeMatMul") == 4 and ops.count("Div") == 3
+    assert ops.count("DynamicQuantizeMatMul") == 3 and ops.count("QAttention") == 1 and ops.count("Div") == 3
     assert "SmoothQuant (input / s in-graph)" in report.layers["encoder.layer.0.output.dense"]
 
 
@@ -510,5 +516,6 @@ def test_dynamic_recipe_trains_and_exports_one_dynamic_quantize_matmul_per_produ
     report = export_run(tmp_path / "run", tmp_path / "m.onnx", workload=wl)
     assert report.parity.passed
     ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
-    assert ops.count("DynamicQuantizeMatMul") == 4 and not {"MatMulIntegerToFloat", "QuantizeLinear"} & set(ops)
+    assert ops.count("DynamicQuantizeMatMul") == 3 and ops.count("QAttention") == 1
+    assert not {"MatMulIntegerToFloat", "QuantizeLinear"} & set(ops)
     assert saturating_products(tmp_path / "m.onnx") == []

@@ -51,6 +51,7 @@ _WEIGHT_INPUTS: dict[str, tuple[str, int, int]] = {
     "QLinearMatMul": ("", 3, 5),
     "MatMulIntegerToFloat": ("com.microsoft", 1, 5),
     "DynamicQuantizeMatMul": ("com.microsoft", 1, 3),
+    "QAttention": ("com.microsoft", 1, 7),
 }
 
 

@@ -15,7 +15,7 @@ from wattless.errors import ExportError
 from wattless.export.cut import Keep
 from wattless.export.graph import F32, I64, MS, U8, Ctx, Graph, route_outputs, to_numpy, value
 from wattless.export.moe import emit_moe
-from wattless.export.qlayers import dynamic_fusable, dynamic_products, fusable, linear, smooth_divisor, token_products
+from wattless.export.qlayers import dynamic_attention, dynamic_fusable, fusable, linear, smooth_divisor, token_products
 from wattless.export.tokens import ROWS, back_to_tokens, use_rows
 from wattless.export.table import gelu
 from wattless.techniques.moe import MoEMLP
@@ -76,16 +76,18 @@ def _attention(g: Graph, ctx: Ctx, layer: nn.Module, x: str, p: str, heads: int)
 
 
 def _fused_attention(g: Graph, ctx: Ctx, layer: nn.Module, x: str, p: str, heads: dict[str, Any], width: int) -> str:
-    """Q, K and V as one product on one quantization of x; their biases added inside MultiHeadAttention.
-    The output projection's SmoothQuant factor is folded into V's weight scale and bias (attention is
-    linear in V, per channel), so its input needs no Div."""
+    """Q, K and V as one product on one quantization of x; their biases added inside MultiHeadAttention
+    (per-token layers) or inside QAttention (per-call dynamic layers, whose product and attention are one
+    kernel). The output projection's SmoothQuant factor is folded into V's weight scale and bias (attention
+    is linear in V, per channel), so its input needs no Div."""
     att, out = layer.attention.self, layer.attention.output
     mods = [att.query, att.key, att.value]
     divisor = smooth_divisor(ctx, out.dense) if fusable([out.dense]) or dynamic_fusable([out.dense]) else None
     names = [f"{p}.attention.self.{n}" for n in ("query", "key", "value")]
     divide = {2: divisor} if divisor is not None else None
-    if dynamic_fusable(mods):  # (batch, tokens, 3 x kept), the biases inside the product
-        y, bias = dynamic_products(g, ctx, mods, x, names, divide=divide), None
+    if dynamic_fusable(mods):  # one DynamicQuantizeLinear and one QAttention: product and attention in one kernel
+        a = dynamic_attention(g, ctx, mods, x, names, heads["num_heads"], divide=divide)
+        return linear(g, ctx, out.dense, a, f"{p}.attention.output.dense", smoothed=divisor is not None)
     else:
         y, bias = token_products(g, ctx, mods, x, names, divide=divide)
         y = back_to_tokens(g, y, x, f"{p}.attention.self", always=True)

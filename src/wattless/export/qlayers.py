@@ -26,7 +26,7 @@ from wattless.techniques.prune import is_depthwise
 from wattless.techniques.quantize import act_scale, integer_weights, is_quantized
 
 __all__ = ["linear", "conv", "quantize", "quantize_input", "quantize_tokens", "weights", "token_products",
-           "fusable", "smooth_divisor", "dynamic_fusable", "dynamic_products"]
+           "fusable", "smooth_divisor", "dynamic_fusable", "dynamic_products", "dynamic_attention"]
 
 
 def quantize_input(g: Graph, x: str, m: nn.Module, hint: str) -> tuple[str, str, str]:
@@ -176,6 +176,29 @@ def dynamic_products(g: Graph, ctx: Ctx, mods: list[nn.Module], x: str, hints: l
     return g.op("DynamicQuantizeMatMul", [x, g.const(codes.T, f"{hint}.weight", I8), g.const(scale, f"{hint}.weight_scale"),
                                           "", g.const(bias, f"{hint}.bias") if bias is not None else ""], hint,
                 domain=MS)
+
+
+def dynamic_attention(g: Graph, ctx: Ctx, mods: list[nn.Module], x: str, hints: list[str], heads: int, *,
+                      divide: dict[int, np.ndarray] | None = None) -> str:
+    """Q, K and V (dynamic per-call layers reading x, (batch, tokens, hidden)) and the attention over them as
+    one com.microsoft QAttention on one DynamicQuantizeLinear of x: the grid the QAT simulated, the product of
+    the codes with the stacked int8 weight codes in int32, the two steps and the biases, then softmax(QK^T /
+    sqrt(head size)) V, all in one kernel. Out: (batch, tokens, heads x head size). ``divide`` as in
+    token_products."""
+    m0, hint = mods[0], hints[0]
+    if m0.smooth_factor is not None:
+        x = _smooth(g, ctx, m0, x, hint)
+    codes, scale, bias = _stacked(ctx, mods, divide)
+    if bias is None:
+        bias = np.zeros(len(codes), F32)
+    for m, h in zip(mods, hints):
+        ctx.layers[h] = (f"int8 QAttention, per-call dynamic activations (w{m.weight_bits}a8, per-channel)"
+                         f"{_smoothed_note(m)}, one product with {len(mods) - 1} more and the attention")
+    q, step, zero = g.op("DynamicQuantizeLinear", [x], hint, outputs=3)
+    return g.op("QAttention", [q, g.const(codes.T, f"{hint}.weight", I8), g.const(bias, f"{hint}.bias"), step,
+                               g.const(scale, f"{hint}.weight_scale"), "", zero,
+                               g.const(np.zeros((), np.int8), f"{hint}.weight_zero", I8)],
+                f"{hint.rsplit('.', 2)[0]}", domain=MS, num_heads=heads)
 
 
 def smooth_divisor(ctx: Ctx, m: nn.Module) -> np.ndarray | None:
