@@ -101,7 +101,15 @@ def other_kernels(tmp_path_factory):
         model = _quantized(wl, wl.build_model(), config)
         export_model(model, wl, folder / f"{name}.onnx", requantize=fuse, tolerance=Tolerance(min_agree=0.9))
         np.save(folder / f"{name}.npy", wl.test.inputs[:32].numpy())
-    return folder, list(cases)
+    # a one-layer MiniLM on the per-call dynamic grid: QAttention and DynamicQuantizeMatMul, u8 portable weights
+    from tests.serve.tiny_encoder import workload as encoder
+
+    enc = encoder()
+    model, context = enc.build_model(), ApplyContext(example_input=enc.prepare_inputs(enc.train.take(slice(0, 16)).inputs))
+    apply_(model, QuantConfig(act_granularity="dynamic", smooth=0.5, weight_step_init="max"), context).finish(model, context)
+    export_model(model, enc, folder / "dynamic-encoder.onnx")
+    np.save(folder / "dynamic-encoder.npy", enc.prepare_inputs(enc.test.inputs[:1])["input_ids"].numpy())
+    return folder, [*cases, "dynamic-encoder"]
 
 
 def test_portable_export_has_no_product_that_can_saturate(exports):
@@ -231,4 +239,5 @@ def test_other_kernels_are_portable(other_kernels):
     for n in names:
         assert saturating_products(other / f"{n}.onnx") == []
         ops |= {p.op_type for p in kernels.integer_products(other / f"{n}.onnx")}
-    assert {"ConvInteger", "QLinearConv", "MatMulInteger", "MatMulIntegerToFloat"} <= ops
+    assert {"ConvInteger", "QLinearConv", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+            "QAttention"} <= ops
