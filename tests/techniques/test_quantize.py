@@ -358,6 +358,13 @@ def test_per_token_beats_per_tensor_on_rows_of_different_scales():
     assert rel_err(per_token(x), ref) < err_tensor / 2
 
 
+def unsmoothed_err(x: torch.Tensor, ref: torch.Tensor, granularity: str) -> float:
+    """The relative error of outlier_mlp quantized with no smoothing: what smoothing must beat."""
+    plain, _ = outlier_mlp()
+    quantize(plain, x, act_granularity=granularity)
+    return rel_err(plain(x), ref)
+
+
 def test_smoothing_moves_outliers_into_weights_and_keeps_the_float_function():
     model, x = outlier_mlp()
     ref = model(x)
@@ -367,10 +374,7 @@ def test_smoothing_moves_outliers_into_weights_and_keeps_the_float_function():
     assert int(a.smooth_factor.argmax()) == 3
     folded = (x / a.smooth_factor) @ (a.weight * a.smooth_factor).T + a.bias
     assert torch.allclose(folded, x @ a.weight.T + a.bias, atol=1e-3)
-    smoothed_err = rel_err(model(x), ref)
-    plain, _ = outlier_mlp()
-    quantize(plain, x, act_granularity="token")
-    assert smoothed_err < rel_err(plain(x), ref)
+    assert rel_err(model(x), ref) < unsmoothed_err(x, ref, "token")
 
 
 def test_smoothed_integer_weights_are_the_weights_the_layer_rounds():
@@ -421,10 +425,7 @@ def test_outlier_smoothing_divides_only_the_outlier_channels_down_to_the_quantil
     assert torch.allclose(a.smooth_factor, (x_max / cap).clamp_min(1))
     assert int((a.smooth_factor > 1).sum()) == 4 and float(a.smooth_factor[3]) > 30  # the 50x channel, most of all
     assert torch.equal(a.smooth_factor, model.b.smooth_factor)
-    smoothed_err = rel_err(model(x), ref)
-    plain, _ = outlier_mlp()
-    quantize(plain, x, act_granularity="dynamic")
-    assert smoothed_err < rel_err(plain(x), ref)
+    assert rel_err(model(x), ref) < unsmoothed_err(x, ref, "dynamic")
 
 
 def test_outlier_smoothing_caps_what_smoothquant_leaves_and_refuses_a_split_group():

@@ -88,9 +88,8 @@ def _fused_attention(g: Graph, ctx: Ctx, layer: nn.Module, x: str, p: str, heads
     if dynamic_fusable(mods):  # one DynamicQuantizeLinear and one QAttention: product and attention in one kernel
         a = dynamic_attention(g, ctx, mods, x, names, heads["num_heads"], divide=divide)
         return linear(g, ctx, out.dense, a, f"{p}.attention.output.dense", smoothed=divisor is not None)
-    else:
-        y, bias = token_products(g, ctx, mods, x, names, divide=divide)
-        y = back_to_tokens(g, y, x, f"{p}.attention.self", always=True)
+    y, bias = token_products(g, ctx, mods, x, names, divide=divide)
+    y = back_to_tokens(g, y, x, f"{p}.attention.self", always=True)
     q, k, v = g.op("Split", [y], f"{p}.attention.self", outputs=3, axis=-1, num_outputs=3)
     inputs = [q, k, v] + ([g.const(bias, f"{p}.attention.self.bias")] if bias is not None else [])
     a = g.op("MultiHeadAttention", inputs, f"{p}.attention", domain=MS, **heads)  # (batch, tokens, kept)

@@ -28,7 +28,7 @@ re-initialised at the next forward.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from fnmatch import fnmatchcase
 from typing import Any, ClassVar, Literal
 
@@ -474,7 +474,7 @@ def _calibrate(model: nn.Module, example_input: Any) -> None:
 
 @torch.no_grad()
 def _smoothing_factors(model: nn.Module, layers: dict[str, nn.Module], alpha: float | None,
-                       batches: list[Any], plain: Sequence[str] = (), outliers: Sequence[str] = (),
+                       batches: list[Any], plain: Collection[str] = (), outliers: Collection[str] = (),
                        quantile: float = 0.9) -> dict[str, torch.Tensor]:
     """Smoothing factors (in_features,) per layer from max|x_j| over ``batches`` (float model). Layers fed the
     same tensor form one group with one factor: SmoothQuant's with strength ``alpha`` over the group's largest
@@ -550,8 +550,8 @@ def _quantize_layers(model: nn.Module, config: QuantConfig, example_input: Any,
     if names and len(left_float) == len(names):
         raise QuantizeError(f"quantize: skip={config.skip} leaves every layer in float, so nothing is quantized; "
                             "narrow skip or drop the [quantize] section")
-    outliers = [n for n in names if n not in left_float and any(fnmatchcase(n, g) for g in config.smooth_outliers)]
-    plain = [n for n in names if any(fnmatchcase(n, g) for g in config.smooth_skip)]
+    outliers = {n for n in names if n not in left_float and any(fnmatchcase(n, g) for g in config.smooth_outliers)}
+    plain = {n for n in names if any(fnmatchcase(n, g) for g in config.smooth_skip)}
     smoothed = {n: m for n, m in layers.items() if isinstance(m, nn.Linear) and n not in left_float
                 and (n in outliers or config.smooth is not None and n not in plain)}
     factors: dict[str, torch.Tensor] = {}
